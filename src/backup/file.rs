@@ -1,0 +1,109 @@
+//! Reading one regular file into content segments.
+//!
+//! Data regions come from `SEEK_DATA`/`SEEK_HOLE` when the file has fewer
+//! blocks than its size suggests, so holes are recorded as holes and not
+//! read. Each region is chunked on its own. The file is opened with
+//! `O_NOATIME` and `O_NOFOLLOW`, and stat'ed again after reading to detect
+//! a change while it was read.
+
+use crate::format::chunker::Chunker;
+use crate::format::tree::{Segment, Timestamp};
+use crate::format::BlobType;
+use crate::fsmeta;
+use crate::repo::writer::BlobWriter;
+use crate::repo::{RepoError, Repository};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+pub enum FileError {
+    /// This file is skipped; the backup goes on.
+    Skip(std::io::Error),
+    /// The backup cannot go on (a tier or the index failed).
+    Fatal(RepoError),
+}
+
+pub struct FileContent {
+    pub segments: Vec<Segment>,
+    /// Bytes covered by the segments (less than the stat size if it shrank).
+    pub size: u64,
+    pub changed: bool,
+    pub bytes_read: u64,
+}
+
+pub fn stamp(sec: i64, nsec: i64) -> Timestamp {
+    Timestamp {
+        sec,
+        nsec: nsec.clamp(0, 999_999_999) as u32,
+    }
+}
+
+pub fn read_file(
+    repo: &Repository,
+    chunker: &Chunker,
+    writer: &BlobWriter,
+    path: &Path,
+    before: &std::fs::Metadata,
+) -> Result<FileContent, FileError> {
+    let mut f = fsmeta::open_file(path).map_err(FileError::Skip)?;
+    let size = before.size();
+    let regions = if before.blocks() * 512 < size {
+        fsmeta::data_regions(&f, size).map_err(FileError::Skip)?
+    } else {
+        vec![(0, size)]
+    };
+    let mut segments = Vec::new();
+    let mut pos = 0u64;
+    let mut bytes_read = 0u64;
+    let mut fatal: Option<RepoError> = None;
+    for (off, len) in regions {
+        if off > pos {
+            segments.push(Segment::Hole { len: off - pos });
+        }
+        f.seek(SeekFrom::Start(off)).map_err(FileError::Skip)?;
+        let mut got = 0u64;
+        chunker
+            .stream(&mut f, len, |chunk| {
+                got += chunk.len() as u64;
+                let id = repo.keys().blob_id(&chunk);
+                segments.push(Segment::Data {
+                    id,
+                    len: chunk.len() as u32,
+                });
+                writer
+                    .add(BlobType::Data, id, chunk)
+                    .map(|_| ())
+                    .map_err(|e| {
+                        fatal = Some(e);
+                        std::io::Error::other("storing failed")
+                    })
+            })
+            .map_err(|e| match fatal.take() {
+                Some(r) => FileError::Fatal(r),
+                None => FileError::Skip(e),
+            })?;
+        bytes_read += got;
+        pos = off + got;
+        if got < len {
+            break; // shrank while we read it
+        }
+    }
+    let after = f.metadata().map_err(FileError::Skip)?;
+    if pos < size && after.size() >= size {
+        // Trailing hole.
+        segments.push(Segment::Hole { len: size - pos });
+        pos = size;
+    }
+    let changed = after.size() != size
+        || after.mtime() != before.mtime()
+        || after.mtime_nsec() != before.mtime_nsec()
+        || after.ctime() != before.ctime()
+        || after.ctime_nsec() != before.ctime_nsec()
+        || pos != size;
+    Ok(FileContent {
+        segments,
+        size: pos,
+        changed,
+        bytes_read,
+    })
+}

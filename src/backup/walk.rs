@@ -1,0 +1,485 @@
+//! The walker: turns directories into tree blobs, bottom-up, while file
+//! workers read file contents in parallel.
+//!
+//! Tricky cases:
+//! - several backup paths share ancestors: the ancestors become directories
+//!   in the revision with their real metadata, holding only the given paths;
+//! - an entry that vanishes or cannot be read between listing and reading is
+//!   reported and left out; the directory itself is still stored;
+//! - the file cache is trusted only when every blob it names is still in the
+//!   index (a killed run may have cached a file whose pack never landed).
+
+use super::file::{read_file, stamp, FileError};
+use super::BackupOptions;
+use crate::format::chunker::Chunker;
+use crate::format::tree::{encode_tree, Body, Meta, Node, NodeKind, Segment};
+use crate::format::{BlobId, BlobType};
+use crate::fsmeta::{self, Names};
+use crate::index::FileCacheEntry;
+use crate::repo::writer::BlobWriter;
+use crate::repo::{RepoError, Repository, Result};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs::Metadata;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Walked {
+    pub root: BlobId,
+    pub files: u64,
+    pub dirs: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    pub warnings: u64,
+}
+
+/// Absolute, lexically cleaned paths, without any path inside another.
+pub fn normalize(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for p in paths {
+        let abs = std::path::absolute(p)
+            .map_err(|e| RepoError::Config(format!("{}: {e}", p.display())))?;
+        let mut clean = PathBuf::from("/");
+        for c in abs.components() {
+            match c {
+                Component::Normal(n) => clean.push(n),
+                Component::ParentDir => {
+                    clean.pop();
+                }
+                _ => {}
+            }
+        }
+        std::fs::symlink_metadata(&clean)
+            .map_err(|e| RepoError::Config(format!("cannot back up {}: {e}", clean.display())))?;
+        out.push(clean);
+    }
+    out.sort();
+    out.dedup();
+    let all = out.clone();
+    out.retain(|p| !all.iter().any(|q| q != p && p.starts_with(q)));
+    Ok(out)
+}
+
+struct FileJob {
+    path: PathBuf,
+    meta: Metadata,
+    slot: usize,
+    reply: Sender<(usize, std::result::Result<(Vec<Segment>, u64), FileError>)>,
+}
+
+#[derive(Default)]
+struct Counters {
+    files: AtomicU64,
+    dirs: AtomicU64,
+    bytes: AtomicU64,
+    read: AtomicU64,
+    errors: AtomicU64,
+    warnings: AtomicU64,
+}
+
+pub struct Walker {
+    repo: Arc<Repository>,
+    writer: Arc<BlobWriter>,
+    names: Names,
+    excludes: GlobSet,
+    one_fs: Option<u64>,
+    jobs: Sender<FileJob>,
+    counters: Arc<Counters>,
+}
+
+fn report(counters: &Counters, path: &Path, e: &dyn std::fmt::Display) {
+    counters.errors.fetch_add(1, Ordering::Relaxed);
+    eprintln!("error: {}: {e} (skipped)", path.display());
+}
+
+impl Walker {
+    pub fn run(
+        repo: Arc<Repository>,
+        writer: Arc<BlobWriter>,
+        opts: &BackupOptions,
+        paths: &[PathBuf],
+    ) -> Result<Walked> {
+        let mut gs = GlobSetBuilder::new();
+        for g in &opts.excludes {
+            gs.add(
+                Glob::new(g)
+                    .map_err(|e| RepoError::Config(format!("bad --exclude pattern {g:?}: {e}")))?,
+            );
+        }
+        let excludes = gs.build().map_err(|e| RepoError::Config(e.to_string()))?;
+        let counters = Arc::new(Counters::default());
+        let (jtx, jrx) = bounded::<FileJob>(64);
+        let workers: Vec<_> = (0..opts.readers.max(1))
+            .map(|_| {
+                let (repo, writer, jrx, c) =
+                    (repo.clone(), writer.clone(), jrx.clone(), counters.clone());
+                std::thread::spawn(move || file_worker(&repo, &writer, &jrx, &c))
+            })
+            .collect();
+        drop(jrx);
+        let progress = opts.progress.then(|| spawn_progress(counters.clone()));
+        let one_fs = if opts.one_file_system {
+            paths
+                .first()
+                .and_then(|p| std::fs::symlink_metadata(p).ok())
+                .map(|m| m.dev())
+        } else {
+            None
+        };
+        let mut w = Walker {
+            repo,
+            writer,
+            names: Names::default(),
+            excludes,
+            one_fs,
+            jobs: jtx,
+            counters: counters.clone(),
+        };
+        let paths = paths.to_vec();
+        // Deep trees recurse deeply: walk on a thread with a large stack.
+        let root = std::thread::Builder::new()
+            .stack_size(256 << 20)
+            .spawn(move || {
+                let r = w.root(&paths);
+                drop(w); // closes the job channel so the workers exit
+                r
+            })
+            .expect("spawn walker")
+            .join()
+            .unwrap_or_else(|_| Err(RepoError::Config("the backup walker panicked".into())));
+        for t in workers {
+            let _ = t.join();
+        }
+        if let Some((stop, t)) = progress {
+            drop(stop);
+            let _ = t.join();
+        }
+        let root = root?;
+        let c = &counters;
+        Ok(Walked {
+            root,
+            files: c.files.load(Ordering::Relaxed),
+            dirs: c.dirs.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+            warnings: c.warnings.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Builds the revision's root tree from the backup paths and their
+    /// ancestors.
+    fn root(&mut self, paths: &[PathBuf]) -> Result<BlobId> {
+        if paths.len() == 1 && paths[0] == Path::new("/") {
+            let md =
+                std::fs::symlink_metadata("/").map_err(|e| RepoError::Config(format!("/: {e}")))?;
+            return self.dir(Path::new("/"), &md);
+        }
+        // Ancestor directories, keyed by path, with the nodes under them.
+        let mut groups: BTreeMap<PathBuf, Vec<Node>> = BTreeMap::new();
+        for p in paths {
+            let md = std::fs::symlink_metadata(p)
+                .map_err(|e| RepoError::Config(format!("{}: {e}", p.display())))?;
+            if let Some(n) = self.entry(p, md)? {
+                groups
+                    .entry(p.parent().unwrap_or(Path::new("/")).to_path_buf())
+                    .or_default()
+                    .push(n);
+            }
+        }
+        // Fold the deepest ancestors first into their parents, up to "/".
+        loop {
+            let Some(deepest) = groups
+                .keys()
+                .max_by_key(|p| p.components().count())
+                .cloned()
+            else {
+                unreachable!("paths is not empty")
+            };
+            let mut nodes = groups.remove(&deepest).expect("key exists");
+            let tree = self.store_tree(&mut nodes)?;
+            if deepest == Path::new("/") {
+                return Ok(tree);
+            }
+            let md = std::fs::symlink_metadata(&deepest)
+                .map_err(|e| RepoError::Config(format!("{}: {e}", deepest.display())))?;
+            let node = self.node(&deepest, &md, NodeKind::Dir, Body::Dir(tree));
+            groups
+                .entry(deepest.parent().unwrap_or(Path::new("/")).to_path_buf())
+                .or_default()
+                .push(node);
+        }
+    }
+
+    fn node(&mut self, path: &Path, md: &Metadata, kind: NodeKind, body: Body) -> Node {
+        let xattrs = fsmeta::xattrs(path).unwrap_or_else(|e| {
+            self.counters.warnings.fetch_add(1, Ordering::Relaxed);
+            eprintln!(
+                "warning: {}: cannot read extended attributes: {e}",
+                path.display()
+            );
+            Vec::new()
+        });
+        let size = match &body {
+            Body::File(segs) => segs.iter().map(Segment::len).sum(),
+            Body::Symlink(t) => t.len() as u64,
+            _ => 0,
+        };
+        let meta = Meta {
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            user: self.names.user(md.uid()),
+            group: self.names.group(md.gid()),
+            mtime: stamp(md.mtime(), md.mtime_nsec()),
+            atime: stamp(md.atime(), md.atime_nsec()),
+            ctime: stamp(md.ctime(), md.ctime_nsec()),
+            size,
+            inode: md.ino(),
+            device: md.dev(),
+            nlink: md.nlink(),
+            rdev: md.rdev(),
+            xattrs,
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_else(|| b"/".to_vec());
+        Node {
+            name,
+            kind,
+            meta,
+            body,
+        }
+    }
+
+    /// A non-file entry, or a directory walked recursively. Regular files
+    /// found directly in a directory go through `dir` and the workers.
+    fn entry(&mut self, path: &Path, md: Metadata) -> Result<Option<Node>> {
+        let ft = md.file_type();
+        let (kind, body) = if ft.is_dir() {
+            if self.one_fs.is_some_and(|d| d != md.dev()) {
+                let empty = self.store_tree(&mut [])?;
+                (NodeKind::Dir, Body::Dir(empty))
+            } else {
+                match self.dir(path, &md) {
+                    Ok(t) => (NodeKind::Dir, Body::Dir(t)),
+                    Err(RepoError::Config(_)) => return Ok(None), // reported in dir()
+                    Err(e) => return Err(e),
+                }
+            }
+        } else if ft.is_file() {
+            // A single file given as a backup path.
+            let (tx, rx) = unbounded();
+            self.submit(path, md.clone(), 0, &tx)?;
+            match rx.recv().expect("worker replies") {
+                (_, Ok((segs, _))) => (NodeKind::File, Body::File(segs)),
+                (_, Err(FileError::Skip(e))) => {
+                    report(&self.counters, path, &e);
+                    return Ok(None);
+                }
+                (_, Err(FileError::Fatal(e))) => return Err(e),
+            }
+        } else if ft.is_symlink() {
+            match std::fs::read_link(path) {
+                Ok(t) => (
+                    NodeKind::Symlink,
+                    Body::Symlink(t.as_os_str().as_bytes().to_vec()),
+                ),
+                Err(e) => {
+                    report(&self.counters, path, &e);
+                    return Ok(None);
+                }
+            }
+        } else if ft.is_char_device() {
+            (NodeKind::CharDev, Body::Special)
+        } else if ft.is_block_device() {
+            (NodeKind::BlockDev, Body::Special)
+        } else if ft.is_fifo() {
+            (NodeKind::Fifo, Body::Special)
+        } else {
+            (NodeKind::Socket, Body::Special)
+        };
+        Ok(Some(self.node(path, &md, kind, body)))
+    }
+
+    fn submit(
+        &mut self,
+        path: &Path,
+        md: Metadata,
+        slot: usize,
+        reply: &Sender<(usize, std::result::Result<(Vec<Segment>, u64), FileError>)>,
+    ) -> Result<()> {
+        self.counters.files.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes.fetch_add(md.size(), Ordering::Relaxed);
+        if let Some(segs) = self.cached(path, &md)? {
+            let len = segs.iter().map(Segment::len).sum();
+            let _ = reply.send((slot, Ok((segs, len))));
+            return Ok(());
+        }
+        self.jobs
+            .send(FileJob {
+                path: path.to_path_buf(),
+                meta: md,
+                slot,
+                reply: reply.clone(),
+            })
+            .map_err(|_| RepoError::Config("file workers stopped".into()))
+    }
+
+    fn cached(&self, path: &Path, md: &Metadata) -> Result<Option<Vec<Segment>>> {
+        let Some(c) = self.repo.index().file(path.as_os_str().as_bytes())? else {
+            return Ok(None);
+        };
+        if c.inode != md.ino()
+            || c.size != md.size()
+            || c.mtime != stamp(md.mtime(), md.mtime_nsec())
+            || c.ctime != stamp(md.ctime(), md.ctime_nsec())
+        {
+            return Ok(None);
+        }
+        for s in &c.segments {
+            if let Segment::Data { id, .. } = s {
+                if !self.repo.index().has_blob(id)? {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(c.segments))
+    }
+
+    /// Stores the tree of directory `path`. An unreadable directory is
+    /// reported and yields `RepoError::Config` so the caller leaves it out.
+    fn dir(&mut self, path: &Path, _md: &Metadata) -> Result<BlobId> {
+        self.counters.dirs.fetch_add(1, Ordering::Relaxed);
+        let names = match fsmeta::read_dir_names(path) {
+            Ok(n) => n,
+            Err(e) => {
+                report(&self.counters, path, &e);
+                return Err(RepoError::Config(String::new()));
+            }
+        };
+        let (tx, rx) = unbounded();
+        let mut nodes: Vec<Option<Node>> = Vec::with_capacity(names.len());
+        let mut pending = 0usize;
+        let mut subdirs = Vec::new();
+        for name in names {
+            let child = path.join(OsStr::from_bytes(&name));
+            if self.excludes.is_match(&child) {
+                continue;
+            }
+            let md = match std::fs::symlink_metadata(&child) {
+                Ok(m) => m,
+                Err(e) => {
+                    report(&self.counters, &child, &e);
+                    continue;
+                }
+            };
+            if md.file_type().is_file() {
+                nodes.push(Some(self.node(
+                    &child,
+                    &md,
+                    NodeKind::File,
+                    Body::File(Vec::new()),
+                )));
+                self.submit(&child, md, nodes.len() - 1, &tx)?;
+                pending += 1;
+            } else if md.file_type().is_dir() {
+                subdirs.push((child, md));
+            } else if let Some(n) = self.entry(&child, md)? {
+                nodes.push(Some(n));
+            }
+        }
+        for (child, md) in subdirs {
+            if let Some(n) = self.entry(&child, md)? {
+                nodes.push(Some(n));
+            }
+        }
+        let mut fatal = None;
+        for _ in 0..pending {
+            let (slot, res) = rx.recv().expect("every queued file gets a reply");
+            match res {
+                Ok((segs, len)) => {
+                    let n = nodes[slot].as_mut().expect("slot holds a file node");
+                    n.meta.size = len;
+                    n.body = Body::File(segs);
+                }
+                Err(FileError::Skip(e)) => {
+                    report(
+                        &self.counters,
+                        &path.join(OsStr::from_bytes(&nodes[slot].as_ref().expect("slot").name)),
+                        &e,
+                    );
+                    nodes[slot] = None;
+                }
+                Err(FileError::Fatal(e)) => fatal = fatal.or(Some(e)),
+            }
+        }
+        if let Some(e) = fatal {
+            return Err(e);
+        }
+        let mut nodes: Vec<Node> = nodes.into_iter().flatten().collect();
+        self.store_tree(&mut nodes)
+    }
+
+    fn store_tree(&mut self, nodes: &mut [Node]) -> Result<BlobId> {
+        let bytes = encode_tree(nodes);
+        let id = self.repo.keys().blob_id(&bytes);
+        self.writer.add(BlobType::Tree, id, bytes)?;
+        Ok(id)
+    }
+}
+
+fn file_worker(repo: &Repository, writer: &BlobWriter, jobs: &Receiver<FileJob>, c: &Counters) {
+    let chunker = Chunker::new(repo.keys().gear_seed());
+    for job in jobs {
+        let res = read_file(repo, &chunker, writer, &job.path, &job.meta).and_then(|content| {
+            c.read.fetch_add(content.bytes_read, Ordering::Relaxed);
+            if content.changed {
+                c.warnings.fetch_add(1, Ordering::Relaxed);
+                eprintln!(
+                    "warning: {} changed while it was read; the revision holds the bytes read",
+                    job.path.display()
+                );
+            } else {
+                let entry = FileCacheEntry {
+                    inode: job.meta.ino(),
+                    size: job.meta.size(),
+                    mtime: stamp(job.meta.mtime(), job.meta.mtime_nsec()),
+                    ctime: stamp(job.meta.ctime(), job.meta.ctime_nsec()),
+                    segments: content.segments.clone(),
+                };
+                repo.index()
+                    .put_file(job.path.as_os_str().as_bytes(), &entry)
+                    .map_err(|e| FileError::Fatal(e.into()))?;
+            }
+            Ok((content.segments, content.size))
+        });
+        let _ = job.reply.send((job.slot, res));
+    }
+}
+
+fn spawn_progress(c: Arc<Counters>) -> (Sender<()>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = bounded::<()>(0);
+    let t = std::thread::spawn(move || {
+        let start = Instant::now();
+        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+            rx.recv_timeout(Duration::from_secs(1))
+        {
+            eprint!(
+                "\r[{:>4}s] {} files, {} dirs, {} read   ",
+                start.elapsed().as_secs(),
+                c.files.load(Ordering::Relaxed),
+                c.dirs.load(Ordering::Relaxed),
+                crate::human_bytes(c.read.load(Ordering::Relaxed))
+            );
+        }
+        eprint!("\r\x1b[K");
+    });
+    (tx, t)
+}

@@ -1,0 +1,202 @@
+//! `init`, `backup`, `restore`, `check`, and the generated documentation.
+
+use super::args::{BackupArgs, CheckArgs, CompletionsArgs, InitArgs, ManpagesArgs, RestoreArgs};
+use super::listing::split_spec;
+use super::Settings;
+use anyhow::{bail, Context};
+use serde_json::json;
+use std::io::IsTerminal;
+use std::time::Instant;
+use tiervault::backup::{self, BackupOptions};
+use tiervault::format::crypto::KdfParams;
+use tiervault::human_bytes;
+use tiervault::maintenance::check;
+use tiervault::repo::Repository;
+use tiervault::restore::{self, RestoreOptions};
+use tiervault::timefmt;
+
+include!(concat!(env!("OUT_DIR"), "/man_pages.rs"));
+
+pub fn init(s: &Settings, a: &InitArgs) -> anyhow::Result<i32> {
+    let store = s.store()?;
+    let pw = if a.insecure_no_encryption {
+        None
+    } else {
+        Some(s.password(true)?)
+    };
+    let kdf = KdfParams {
+        m_cost_kib: a.kdf_memory,
+        t_cost: a.kdf_iterations,
+        p_cost: 1,
+    };
+    let repo = Repository::init(Box::new(store), pw.as_deref(), kdf, &s.cache_root)?;
+    if s.json {
+        println!(
+            "{}",
+            json!({"id": repo.config().id, "tiers": s.tiers, "encryption": repo.config().encryption})
+        );
+    } else if !s.quiet {
+        println!(
+            "created repository {} on {}",
+            &repo.config().id[..8],
+            s.tiers.join(", ")
+        );
+        if a.insecure_no_encryption {
+            println!("warning: this repository is NOT encrypted");
+        } else {
+            println!("keep the password safe: without it the data cannot be read");
+        }
+    }
+    Ok(0)
+}
+
+pub fn backup(s: &Settings, a: &BackupArgs) -> anyhow::Result<i32> {
+    let repo = s.open()?;
+    let started = Instant::now();
+    let opts = BackupOptions {
+        paths: a.paths.clone(),
+        tags: a.tags.clone(),
+        host: a.host.clone(),
+        excludes: a.excludes.clone(),
+        one_file_system: a.one_file_system,
+        readers: a.readers,
+        progress: !s.quiet && !s.json && std::io::stderr().is_terminal(),
+    };
+    let sum = backup::run(repo, &opts)?;
+    let st = &sum.revision.stats;
+    let secs = started.elapsed().as_secs_f64();
+    if s.json {
+        println!(
+            "{}",
+            json!({
+                "id": sum.id.to_hex(), "short_id": sum.id.short(), "time": timefmt::rfc3339(sum.revision.time),
+                "files": st.files, "dirs": st.dirs, "bytes": st.bytes, "bytes_added": st.bytes_added,
+                "blobs_added": st.blobs_added, "stored_bytes": sum.stored_bytes, "errors": sum.errors,
+                "warnings": sum.warnings, "seconds": secs,
+            })
+        );
+    } else if !s.quiet {
+        println!(
+            "revision {} saved: {} files, {} dirs, {} processed, {} new ({} stored) in {:.1}s",
+            sum.id.short(),
+            st.files,
+            st.dirs,
+            human_bytes(st.bytes),
+            human_bytes(st.bytes_added),
+            human_bytes(sum.stored_bytes),
+            secs
+        );
+    }
+    if sum.errors > 0 {
+        eprintln!(
+            "warning: {} file(s) or directories could not be read and are not in this revision",
+            sum.errors
+        );
+        return Ok(3);
+    }
+    Ok(0)
+}
+
+pub fn restore(s: &Settings, a: &RestoreArgs) -> anyhow::Result<i32> {
+    let repo = s.open()?;
+    let (rev, path) = split_spec(&a.source);
+    let (id, r) = repo.resolve(rev)?;
+    let path = path.strip_suffix(b"/").unwrap_or(path);
+    let start = repo.find_node(&r.tree, path)?;
+    let started = Instant::now();
+    let opts = RestoreOptions {
+        target: a.target.clone(),
+        includes: a.includes.clone(),
+        excludes: a.excludes.clone(),
+        workers: a.workers,
+    };
+    let sum = restore::run(repo, &r.tree, start, path, &opts)?;
+    if s.json {
+        println!(
+            "{}",
+            json!({"revision": id.to_hex(), "files": sum.files, "dirs": sum.dirs, "others": sum.others,
+                   "bytes": sum.bytes, "errors": sum.errors, "warnings": sum.warnings,
+                   "seconds": started.elapsed().as_secs_f64()})
+        );
+    } else if !s.quiet {
+        println!(
+            "restored revision {} to {}: {} files, {} dirs, {} other, {} in {:.1}s",
+            id.short(),
+            a.target.display(),
+            sum.files,
+            sum.dirs,
+            sum.others,
+            human_bytes(sum.bytes),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    if sum.errors > 0 {
+        bail!(
+            "{} item(s) could not be restored; see the errors above",
+            sum.errors
+        );
+    }
+    Ok(0)
+}
+
+pub fn check(s: &Settings, a: &CheckArgs) -> anyhow::Result<i32> {
+    let repo = s.open()?;
+    let r = check::run(&repo, a.read_data)?;
+    if s.json {
+        println!(
+            "{}",
+            json!({"packs": r.packs, "blobs": r.blobs, "revisions": r.revisions, "trees": r.trees,
+                   "packs_read": r.packs_read, "errors": r.errors, "notes": r.notes})
+        );
+    } else {
+        for n in &r.notes {
+            println!("note: {n}");
+        }
+        for e in &r.errors {
+            eprintln!("error: {e}");
+        }
+        if !s.quiet {
+            println!(
+                "checked {} revisions, {} trees, {} packs, {} blobs{}: {} error(s)",
+                r.revisions,
+                r.trees,
+                r.packs,
+                r.blobs,
+                if a.read_data {
+                    format!(", read {} packs", r.packs_read)
+                } else {
+                    String::new()
+                },
+                r.errors.len()
+            );
+        }
+    }
+    if !r.errors.is_empty() {
+        bail!(
+            "the repository has {} error(s); see docs/RECOVERY.md",
+            r.errors.len()
+        );
+    }
+    Ok(0)
+}
+
+pub fn completions(a: &CompletionsArgs) -> anyhow::Result<i32> {
+    let text = match a.shell.as_str() {
+        "bash" => include_str!(concat!(env!("OUT_DIR"), "/completions/tiervault.bash")),
+        "zsh" => include_str!(concat!(env!("OUT_DIR"), "/completions/_tiervault")),
+        "fish" => include_str!(concat!(env!("OUT_DIR"), "/completions/tiervault.fish")),
+        other => bail!("no completions for {other:?}: choose bash, zsh or fish"),
+    };
+    print!("{text}");
+    Ok(0)
+}
+
+pub fn manpages(a: &ManpagesArgs) -> anyhow::Result<i32> {
+    std::fs::create_dir_all(&a.dir)
+        .with_context(|| format!("cannot create {}", a.dir.display()))?;
+    for (name, body) in MAN_PAGES {
+        std::fs::write(a.dir.join(name), body).with_context(|| format!("cannot write {name}"))?;
+    }
+    println!("wrote {} man pages to {}", MAN_PAGES.len(), a.dir.display());
+    Ok(0)
+}

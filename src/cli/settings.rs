@@ -1,0 +1,171 @@
+//! Raw flags, the config file and the environment become one validated
+//! [`Settings`]; nothing downstream looks at flags again.
+
+use super::args::Cli;
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tiervault::repo::{default_cache_root, RepoError, Repository};
+use tiervault::tier::{open_location, TierSet};
+
+/// The TOML config file (`--config`).
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    tier: Vec<TierConfig>,
+    cache_dir: Option<PathBuf>,
+    password_file: Option<PathBuf>,
+    password_command: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct TierConfig {
+    location: String,
+    #[allow(dead_code)]
+    name: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+enum PasswordSource {
+    Command(String),
+    File(PathBuf),
+    Value(String),
+    Prompt,
+}
+
+pub struct Settings {
+    pub tiers: Vec<String>,
+    pub cache_root: PathBuf,
+    pub json: bool,
+    pub quiet: bool,
+    password: PasswordSource,
+}
+
+impl Settings {
+    pub fn new(cli: &Cli) -> anyhow::Result<Self> {
+        let cfg = match &cli.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read config file {}", p.display()))?;
+                toml::from_str::<ConfigFile>(&text)
+                    .with_context(|| format!("config file {} is invalid", p.display()))?
+            }
+            None => ConfigFile::default(),
+        };
+        let mut tiers = cli.repo.clone();
+        tiers.extend(cfg.tier.into_iter().map(|t| t.location));
+        let password = if let Some(c) = cli.password_command.clone().or(cfg.password_command) {
+            PasswordSource::Command(c)
+        } else if let Some(f) = std::env::var_os("TIERVAULT_PASSWORD_FILE")
+            .map(PathBuf::from)
+            .or(cfg.password_file)
+        {
+            PasswordSource::File(f)
+        } else if let Ok(v) = std::env::var("TIERVAULT_PASSWORD") {
+            PasswordSource::Value(v)
+        } else {
+            PasswordSource::Prompt
+        };
+        let cache_root = cli
+            .cache_dir
+            .clone()
+            .or(cfg.cache_dir)
+            .unwrap_or_else(default_cache_root);
+        Ok(Self {
+            tiers,
+            cache_root,
+            json: cli.json,
+            quiet: cli.quiet,
+            password,
+        })
+    }
+
+    /// The tiers as one store.
+    pub fn store(&self) -> anyhow::Result<TierSet> {
+        if self.tiers.is_empty() {
+            bail!(
+                "no repository given: name one with -r LOCATION (once per tier) or --config FILE"
+            );
+        }
+        let tiers = self
+            .tiers
+            .iter()
+            .map(|l| open_location(l))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TierSet::new(tiers))
+    }
+
+    pub fn open(&self) -> anyhow::Result<Arc<Repository>> {
+        let store = self.store()?;
+        Ok(Arc::new(Repository::open(
+            Box::new(store),
+            &|| self.password(false),
+            &self.cache_root,
+        )?))
+    }
+
+    /// Reads the password from the configured source; `confirm` asks twice
+    /// on a terminal.
+    pub fn password(&self, confirm: bool) -> Result<Vec<u8>, RepoError> {
+        let pw = match &self.password {
+            PasswordSource::Command(c) => {
+                let out = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(c)
+                    .stderr(std::process::Stdio::inherit())
+                    .output()
+                    .map_err(|e| {
+                        RepoError::Password(format!("cannot run --password-command: {e}"))
+                    })?;
+                if !out.status.success() {
+                    return Err(RepoError::Password(format!(
+                        "--password-command failed ({})",
+                        out.status
+                    )));
+                }
+                first_line(out.stdout)
+            }
+            PasswordSource::File(f) => first_line(std::fs::read(f).map_err(|e| {
+                RepoError::Password(format!("cannot read password file {}: {e}", f.display()))
+            })?),
+            PasswordSource::Value(v) => v.clone().into_bytes(),
+            PasswordSource::Prompt => {
+                if !std::io::stdin().is_terminal() {
+                    return Err(RepoError::NoPassword);
+                }
+                let a = rpassword::prompt_password("repository password: ")
+                    .map_err(|e| RepoError::Password(e.to_string()))?;
+                if confirm {
+                    let b = rpassword::prompt_password("repeat the password: ")
+                        .map_err(|e| RepoError::Password(e.to_string()))?;
+                    if a != b {
+                        return Err(RepoError::Password(
+                            "the passwords differ; nothing was created".into(),
+                        ));
+                    }
+                }
+                a.into_bytes()
+            }
+        };
+        if pw.is_empty() {
+            return Err(RepoError::Password(
+                "the password is empty; give a non-empty password".into(),
+            ));
+        }
+        Ok(pw)
+    }
+}
+
+fn first_line(mut b: Vec<u8>) -> Vec<u8> {
+    if let Some(i) = b.iter().position(|&c| c == b'\n') {
+        b.truncate(i);
+    }
+    if b.last() == Some(&b'\r') {
+        b.pop();
+    }
+    b
+}

@@ -1,0 +1,280 @@
+//! Keys and sealing.
+//!
+//! A repository has one random 32-byte master secret. From it, BLAKE3's
+//! `derive_key` gives independent subkeys: the AEAD key, the blob-id key and
+//! the chunker's gear seed. The master secret is stored in `keys/<id>`,
+//! wrapped under a password through argon2id, or in clear for repositories
+//! created with `--insecure-no-encryption` (which then stores blobs unsealed).
+//!
+//! Sealed bytes are `nonce (24) || ciphertext || tag (16)` with
+//! XChaCha20-Poly1305 and a random nonce; 192-bit nonces make random
+//! generation safe for any number of blobs.
+
+use super::{BlobId, BlobType, FormatError};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+pub const NONCE_LEN: usize = 24;
+pub const TAG_LEN: usize = 16;
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+
+const CTX_ENC: &str = "tiervault 2026-11 v1 blob encryption key";
+const CTX_ID: &str = "tiervault 2026-11 v1 blob id key";
+const CTX_GEAR: &str = "tiervault 2026-11 v1 chunker gear seed";
+
+/// The keys derived from a master secret.
+#[derive(Clone)]
+pub struct Keys {
+    master: [u8; 32],
+    cipher: Option<XChaCha20Poly1305>,
+    id_key: [u8; 32],
+    gear_seed: [u8; 32],
+}
+
+impl Keys {
+    pub fn from_master(master: [u8; 32], encrypted: bool) -> Self {
+        let enc = blake3::derive_key(CTX_ENC, &master);
+        Self {
+            master,
+            cipher: encrypted.then(|| XChaCha20Poly1305::new(&enc.into())),
+            id_key: blake3::derive_key(CTX_ID, &master),
+            gear_seed: blake3::derive_key(CTX_GEAR, &master),
+        }
+    }
+    pub fn random(encrypted: bool) -> Self {
+        let mut m = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut m);
+        Self::from_master(m, encrypted)
+    }
+    pub fn master(&self) -> &[u8; 32] {
+        &self.master
+    }
+    pub fn encrypted(&self) -> bool {
+        self.cipher.is_some()
+    }
+    pub fn gear_seed(&self) -> &[u8; 32] {
+        &self.gear_seed
+    }
+    /// The id of a blob: keyed BLAKE3 of its plaintext.
+    pub fn blob_id(&self, plain: &[u8]) -> BlobId {
+        BlobId(*blake3::keyed_hash(&self.id_key, plain).as_bytes())
+    }
+
+    /// Seals `plain` with a random nonce; a no-op copy when unencrypted.
+    pub fn seal(&self, plain: &[u8], aad: &[u8]) -> Vec<u8> {
+        let Some(c) = &self.cipher else {
+            return plain.to_vec();
+        };
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let ct = c
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad })
+            .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
+        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, FormatError> {
+        let Some(c) = &self.cipher else {
+            return Ok(sealed.to_vec());
+        };
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(FormatError::Truncated);
+        }
+        let (nonce, ct) = sealed.split_at(NONCE_LEN);
+        c.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
+            .map_err(|_| FormatError::Decrypt)
+    }
+
+    pub fn overhead(&self) -> usize {
+        if self.encrypted() {
+            SEAL_OVERHEAD
+        } else {
+            0
+        }
+    }
+}
+
+/// Associated data binding a sealed blob to its type and id, so a blob cannot
+/// be swapped for another one inside a pack.
+pub fn blob_aad(kind: BlobType, id: &BlobId) -> Vec<u8> {
+    let mut a = b"tiervault blob".to_vec();
+    a.push(kind as u8);
+    a.extend_from_slice(&id.0);
+    a
+}
+
+/// Associated data for whole objects (pack headers, index files, revisions).
+pub fn object_aad(kind: &str) -> Vec<u8> {
+    format!("tiervault object {kind}").into_bytes()
+}
+
+/// `keys/<id>`: the master secret, wrapped by a password or stored in clear.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct KeyFile {
+    pub version: u32,
+    /// `argon2id` or `none`.
+    pub kdf: String,
+    #[serde(default)]
+    pub m_cost_kib: u32,
+    #[serde(default)]
+    pub t_cost: u32,
+    #[serde(default)]
+    pub p_cost: u32,
+    #[serde(default)]
+    pub salt: String,
+    /// Hex of `nonce || ciphertext || tag` of the master secret, or of the
+    /// master secret itself when `kdf` is `none`.
+    pub master: String,
+    pub created: String,
+    pub host: String,
+}
+
+/// Argon2id cost parameters.
+#[derive(Clone, Copy, Debug)]
+pub struct KdfParams {
+    pub m_cost_kib: u32,
+    pub t_cost: u32,
+    pub p_cost: u32,
+}
+
+impl Default for KdfParams {
+    fn default() -> Self {
+        Self {
+            m_cost_kib: 64 * 1024,
+            t_cost: 3,
+            p_cost: 1,
+        }
+    }
+}
+
+fn kek(password: &[u8], salt: &[u8], p: KdfParams) -> Result<[u8; 32], FormatError> {
+    let params = argon2::Params::new(p.m_cost_kib, p.t_cost, p.p_cost, Some(32))
+        .map_err(|_| FormatError::Invalid("argon2 parameters out of range"))?;
+    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut out = [0u8; 32];
+    a.hash_password_into(password, salt, &mut out)
+        .map_err(|_| FormatError::Invalid("argon2 rejected its input"))?;
+    Ok(out)
+}
+
+impl KeyFile {
+    /// Wraps the master secret of `keys` under `password` (or stores it in
+    /// clear when `password` is `None`).
+    pub fn wrap(
+        keys: &Keys,
+        password: Option<&[u8]>,
+        p: KdfParams,
+        host: &str,
+        created: &str,
+    ) -> Result<Self, FormatError> {
+        let mut kf = KeyFile {
+            version: 1,
+            kdf: "none".into(),
+            m_cost_kib: 0,
+            t_cost: 0,
+            p_cost: 0,
+            salt: String::new(),
+            master: hex::encode(keys.master()),
+            created: created.into(),
+            host: host.into(),
+        };
+        if let Some(pw) = password {
+            let mut salt = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut salt);
+            let wrapper = Keys::wrapping(kek(pw, &salt, p)?);
+            kf.kdf = "argon2id".into();
+            kf.m_cost_kib = p.m_cost_kib;
+            kf.t_cost = p.t_cost;
+            kf.p_cost = p.p_cost;
+            kf.salt = hex::encode(salt);
+            kf.master = hex::encode(wrapper.seal(keys.master(), &object_aad("key")));
+        }
+        Ok(kf)
+    }
+
+    pub fn needs_password(&self) -> bool {
+        self.kdf != "none"
+    }
+
+    /// Recovers the master secret. `Ok(None)` means the password is wrong.
+    pub fn unwrap_master(&self, password: Option<&[u8]>) -> Result<Option<[u8; 32]>, FormatError> {
+        if self.version > 1 {
+            return Err(FormatError::UnsupportedVersion {
+                what: "key file",
+                found: self.version,
+            });
+        }
+        let blob = hex::decode(&self.master)
+            .map_err(|_| FormatError::Invalid("key file master is not hex"))?;
+        let plain = match self.kdf.as_str() {
+            "none" => blob,
+            "argon2id" => {
+                let salt = hex::decode(&self.salt)
+                    .map_err(|_| FormatError::Invalid("key file salt is not hex"))?;
+                let p = KdfParams {
+                    m_cost_kib: self.m_cost_kib,
+                    t_cost: self.t_cost,
+                    p_cost: self.p_cost,
+                };
+                let wrapper = Keys::wrapping(kek(password.unwrap_or_default(), &salt, p)?);
+                match wrapper.open(&blob, &object_aad("key")) {
+                    Ok(m) => m,
+                    Err(FormatError::Decrypt) => return Ok(None),
+                    Err(e) => return Err(e),
+                }
+            }
+            _ => return Err(FormatError::Invalid("unknown key derivation function")),
+        };
+        Ok(Some(plain.try_into().map_err(|_| {
+            FormatError::Invalid("master secret is not 32 bytes")
+        })?))
+    }
+}
+
+impl Keys {
+    /// A cipher used only to wrap the master secret under a password key.
+    fn wrapping(kek: [u8; 32]) -> Self {
+        Self {
+            master: [0; 32],
+            cipher: Some(XChaCha20Poly1305::new(&kek.into())),
+            id_key: [0; 32],
+            gear_seed: [0; 32],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrap_and_unwrap() {
+        let k = Keys::random(true);
+        let p = KdfParams {
+            m_cost_kib: 64,
+            t_cost: 1,
+            p_cost: 1,
+        };
+        let kf = KeyFile::wrap(&k, Some(b"secret"), p, "h", "t").unwrap();
+        assert_eq!(
+            kf.unwrap_master(Some(b"secret")).unwrap(),
+            Some(*k.master())
+        );
+        assert_eq!(kf.unwrap_master(Some(b"wrong")).unwrap(), None);
+    }
+
+    #[test]
+    fn seal_detects_tampering_and_wrong_aad() {
+        let k = Keys::random(true);
+        let mut s = k.seal(b"hello world", b"a");
+        assert_eq!(k.open(&s, b"a").unwrap(), b"hello world");
+        assert!(matches!(k.open(&s, b"b"), Err(FormatError::Decrypt)));
+        s[30] ^= 1;
+        assert!(matches!(k.open(&s, b"a"), Err(FormatError::Decrypt)));
+    }
+}

@@ -1,0 +1,293 @@
+//! The local index and cache, in RocksDB under the cache directory.
+//!
+//! It is only a cache: every fact in it can be rebuilt from any one tier, so
+//! deleting the directory loses nothing. Column families:
+//! - `blobs`: blob id -> pack id, offset, lengths, type, compression;
+//! - `packs`: pack id -> pack length, and whether an index file on the tiers
+//!   covers it yet;
+//! - `files`: absolute path -> inode, size, mtime, ctime and content, so an
+//!   unchanged file is not read again;
+//! - `trees`: tree id -> decoded tree bytes;
+//! - `meta`: index files already loaded, and other small facts.
+//!
+//! Blobs are added only after their pack is durably stored on a tier, so the
+//! index never names data that does not exist. After a failed write the
+//! index refuses further writes (`PreviousFailure`) rather than continuing
+//! over a half-written cache.
+
+use crate::format::codec::{Dec, Enc};
+use crate::format::tree::{decode_segments, encode_segments, Segment, Timestamp};
+use crate::format::{BlobEntry, BlobId, BlobType, FormatError};
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IndexError {
+    #[error("the cache at {path} is in use by another tiervault process; wait for it to finish, or give this one its own --cache-dir")]
+    Locked { path: PathBuf },
+    #[error("local cache at {path}: {msg}; it is only a cache: delete that directory and run the command again")]
+    Rocks { path: PathBuf, msg: String },
+    #[error(
+        "local cache entry is corrupt ({0}); delete the cache directory and run the command again"
+    )]
+    Corrupt(#[from] FormatError),
+    #[error("an earlier write to the local cache failed; no further writes until it is reopened")]
+    PreviousFailure,
+}
+
+/// Where a blob is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobLoc {
+    pub pack: BlobId,
+    pub entry: BlobEntry,
+}
+
+/// What the backup file cache remembers about one path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileCacheEntry {
+    pub inode: u64,
+    pub size: u64,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    pub segments: Vec<Segment>,
+}
+
+const CFS: [&str; 5] = ["blobs", "packs", "files", "trees", "meta"];
+
+pub struct Index {
+    db: DB,
+    path: PathBuf,
+    failed: AtomicBool,
+}
+
+fn encode_loc(pack: &BlobId, e: &BlobEntry) -> Vec<u8> {
+    let mut enc = Enc::new();
+    enc.raw(&pack.0)
+        .u32(e.offset)
+        .u32(e.stored_len)
+        .u32(e.raw_len)
+        .u8(e.kind as u8)
+        .u8(u8::from(e.compressed));
+    enc.finish()
+}
+
+fn decode_loc(id: BlobId, b: &[u8]) -> Result<BlobLoc, FormatError> {
+    let mut d = Dec::new(b);
+    let pack = BlobId(d.array()?);
+    let (offset, stored_len, raw_len) = (d.u32()?, d.u32()?, d.u32()?);
+    let kind = BlobType::from_u8(d.u8()?)?;
+    let compressed = d.u8()? == 1;
+    Ok(BlobLoc {
+        pack,
+        entry: BlobEntry {
+            id,
+            kind,
+            compressed,
+            offset,
+            stored_len,
+            raw_len,
+        },
+    })
+}
+
+impl Index {
+    pub fn open(path: &Path) -> Result<Self, IndexError> {
+        std::fs::create_dir_all(path).map_err(|e| IndexError::Rocks {
+            path: path.into(),
+            msg: e.to_string(),
+        })?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_open_files(256);
+        opts.set_keep_log_file_num(2);
+        opts.set_write_buffer_size(16 << 20);
+        let cfs = CFS
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {
+            let msg = e.to_string();
+            if msg.contains("lock") && (msg.contains("unavailable") || msg.contains("Resource")) {
+                IndexError::Locked { path: path.into() }
+            } else {
+                IndexError::Rocks {
+                    path: path.into(),
+                    msg,
+                }
+            }
+        })?;
+        Ok(Self {
+            db,
+            path: path.into(),
+            failed: AtomicBool::new(false),
+        })
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
+    }
+
+    fn rerr(&self, e: rocksdb::Error) -> IndexError {
+        IndexError::Rocks {
+            path: self.path.clone(),
+            msg: e.to_string(),
+        }
+    }
+
+    fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
+        self.db.get_cf(self.cf(cf), key).map_err(|e| self.rerr(e))
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), IndexError> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(IndexError::PreviousFailure);
+        }
+        self.db.write(batch).map_err(|e| {
+            self.failed.store(true, Ordering::SeqCst);
+            self.rerr(e)
+        })
+    }
+
+    pub fn blob(&self, id: &BlobId) -> Result<Option<BlobLoc>, IndexError> {
+        match self.get("blobs", &id.0)? {
+            Some(v) => Ok(Some(decode_loc(*id, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn has_blob(&self, id: &BlobId) -> Result<bool, IndexError> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf("blobs"), id.0)
+            .map_err(|e| self.rerr(e))?
+            .is_some())
+    }
+
+    /// Records a stored pack and its blobs in one atomic batch.
+    pub fn add_pack(
+        &self,
+        pack: &BlobId,
+        pack_len: u64,
+        entries: &[BlobEntry],
+        indexed: bool,
+    ) -> Result<(), IndexError> {
+        let mut b = WriteBatch::default();
+        for e in entries {
+            b.put_cf(self.cf("blobs"), e.id.0, encode_loc(pack, e));
+        }
+        let mut v = pack_len.to_le_bytes().to_vec();
+        v.push(u8::from(indexed));
+        b.put_cf(self.cf("packs"), pack.0, v);
+        self.write(b)
+    }
+
+    pub fn pack_len(&self, pack: &BlobId) -> Result<Option<u64>, IndexError> {
+        Ok(self.get("packs", &pack.0)?.and_then(|v| {
+            v.get(..8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8")))
+        }))
+    }
+
+    /// Packs stored by this machine that no index file on the tiers covers.
+    pub fn unindexed_packs(&self) -> Result<Vec<BlobId>, IndexError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf("packs"), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.rerr(e))?;
+            if v.get(8) == Some(&0) {
+                out.push(BlobId(
+                    k.as_ref()
+                        .try_into()
+                        .map_err(|_| FormatError::Invalid("pack key length"))?,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn mark_indexed(&self, packs: &[(BlobId, u64)]) -> Result<(), IndexError> {
+        let mut b = WriteBatch::default();
+        for (p, len) in packs {
+            let mut v = len.to_le_bytes().to_vec();
+            v.push(1);
+            b.put_cf(self.cf("packs"), p.0, v);
+        }
+        self.write(b)
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, IndexError> {
+        self.get("meta", key.as_bytes())
+    }
+
+    pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), IndexError> {
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf("meta"), key.as_bytes(), value);
+        self.write(b)
+    }
+
+    pub fn file(&self, path: &[u8]) -> Result<Option<FileCacheEntry>, IndexError> {
+        let Some(v) = self.get("files", path)? else {
+            return Ok(None);
+        };
+        let mut d = Dec::new(&v);
+        let inode = d.u64()?;
+        let size = d.u64()?;
+        let mtime = Timestamp {
+            sec: d.i64()?,
+            nsec: d.u32()?,
+        };
+        let ctime = Timestamp {
+            sec: d.i64()?,
+            nsec: d.u32()?,
+        };
+        let segments = decode_segments(&mut d)?;
+        Ok(Some(FileCacheEntry {
+            inode,
+            size,
+            mtime,
+            ctime,
+            segments,
+        }))
+    }
+
+    pub fn put_file(&self, path: &[u8], f: &FileCacheEntry) -> Result<(), IndexError> {
+        let mut e = Enc::new();
+        e.u64(f.inode)
+            .u64(f.size)
+            .i64(f.mtime.sec)
+            .u32(f.mtime.nsec)
+            .i64(f.ctime.sec)
+            .u32(f.ctime.nsec);
+        encode_segments(&mut e, &f.segments);
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf("files"), path, e.finish());
+        self.write(b)
+    }
+
+    pub fn tree(&self, id: &BlobId) -> Result<Option<Vec<u8>>, IndexError> {
+        self.get("trees", &id.0)
+    }
+
+    pub fn put_tree(&self, id: &BlobId, plain: &[u8]) -> Result<(), IndexError> {
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf("trees"), id.0, plain);
+        self.write(b)
+    }
+
+    /// Forgets every blob and pack (keeps the file cache, which is verified
+    /// against the blob table before use). Used when the cache disagrees
+    /// with the tiers.
+    pub fn clear_blobs(&self) -> Result<(), IndexError> {
+        let mut b = WriteBatch::default();
+        for cf in ["blobs", "packs", "meta"] {
+            for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
+                let (k, _) = item.map_err(|e| self.rerr(e))?;
+                b.delete_cf(self.cf(cf), k);
+            }
+        }
+        self.write(b)
+    }
+}

@@ -1,0 +1,30 @@
+//! The `tiervault` binary: parses the command line, runs the command, and
+//! turns errors into a one-line message and a documented exit code.
+
+mod cli;
+
+use clap::Parser;
+use tiervault::repo::RepoError;
+
+fn exit_code(e: &anyhow::Error) -> i32 {
+    match e.downcast_ref::<RepoError>() {
+        Some(RepoError::NotARepository(_)) => 10,
+        Some(RepoError::WrongPassword(_)) => 12,
+        _ => 1,
+    }
+}
+
+fn main() {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("tiervault: internal error: {info}; please report this");
+    }));
+    let cli = cli::args::Cli::parse();
+    let code = match cli::run(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tiervault: error: {e:#}");
+            exit_code(&e)
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,246 @@
+//! `tiervault check`: verifies the repository on the tiers, independently of
+//! the local cache.
+//!
+//! Structure: every index file opens; every pack an index names exists with
+//! the right size; packs no index covers have a readable header; every
+//! revision opens; every tree it reaches decodes; every blob referenced is in
+//! some pack. `--read-data` also reads every pack whole, checks its BLAKE3
+//! name, and decrypts and verifies every blob in it.
+
+use crate::format::revision::Revision;
+use crate::format::tree::{Body, Segment};
+use crate::format::{indexfile, names, pack, BlobEntry, BlobId};
+use crate::repo::Repository;
+use crate::tier::Tier;
+use std::collections::{HashMap, HashSet};
+
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub packs: usize,
+    pub blobs: usize,
+    pub revisions: usize,
+    pub trees: usize,
+    pub packs_read: usize,
+    pub errors: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+struct Known {
+    blobs: HashMap<BlobId, (BlobId, BlobEntry)>,
+}
+
+pub fn run(repo: &Repository, read_data: bool) -> crate::repo::Result<CheckReport> {
+    let store = repo.store();
+    let mut r = CheckReport::default();
+    let mut known = Known {
+        blobs: HashMap::new(),
+    };
+    let listed: HashMap<BlobId, u64> = store
+        .list("data/")?
+        .into_iter()
+        .filter_map(|o| Some((BlobId::from_hex(o.key.rsplit('/').next()?)?, o.size)))
+        .collect();
+    r.packs = listed.len();
+    let mut indexed: HashMap<BlobId, u64> = HashMap::new();
+    for obj in store.list("index/")? {
+        let Some(id) = obj.key.strip_prefix("index/").and_then(BlobId::from_hex) else {
+            r.errors
+                .push(format!("{}: unexpected object name", obj.key));
+            continue;
+        };
+        let packs = match store
+            .get(&obj.key)
+            .map_err(|e| e.to_string())
+            .and_then(|b| indexfile::open(repo.keys(), &id, &b).map_err(|e| e.to_string()))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                r.errors.push(format!("{}: {e}", obj.key));
+                continue;
+            }
+        };
+        for p in packs {
+            match listed.get(&p.pack) {
+                None => r.errors.push(format!(
+                    "{}: named by {} but missing",
+                    names::pack(&p.pack),
+                    obj.key
+                )),
+                Some(&len) if len != p.pack_len => r.errors.push(format!(
+                    "{}: size {len} but the index says {}",
+                    names::pack(&p.pack),
+                    p.pack_len
+                )),
+                Some(_) => {}
+            }
+            indexed.insert(p.pack, p.pack_len);
+            for b in p.blobs {
+                known.blobs.insert(b.id, (p.pack, b));
+            }
+        }
+    }
+    for (pack, len) in &listed {
+        if indexed.contains_key(pack) {
+            continue;
+        }
+        match repo.read_pack_header(pack, *len) {
+            Ok(entries) => {
+                r.notes.push(format!("{} is not in any index file yet (left by an interrupted backup; the next backup indexes it)", names::pack(pack)));
+                for b in entries {
+                    known.blobs.entry(b.id).or_insert((*pack, b));
+                }
+            }
+            Err(e) => r.errors.push(format!("{}: {e}", names::pack(pack))),
+        }
+    }
+    r.blobs = known.blobs.len();
+    check_revisions(repo, store, &known, &mut r)?;
+    if read_data {
+        read_all(repo, &listed, &known, &mut r);
+    }
+    Ok(r)
+}
+
+fn check_revisions(
+    repo: &Repository,
+    store: &dyn Tier,
+    known: &Known,
+    r: &mut CheckReport,
+) -> crate::repo::Result<()> {
+    let mut seen_trees = HashSet::new();
+    for obj in store.list("revisions/")? {
+        let Some(id) = obj
+            .key
+            .strip_prefix("revisions/")
+            .and_then(BlobId::from_hex)
+        else {
+            r.errors
+                .push(format!("{}: unexpected object name", obj.key));
+            continue;
+        };
+        let rev = match store
+            .get(&obj.key)
+            .map_err(|e| e.to_string())
+            .and_then(|b| Revision::open(repo.keys(), &id, &b).map_err(|e| e.to_string()))
+        {
+            Ok(rev) => rev,
+            Err(e) => {
+                r.errors.push(format!("{}: {e}", obj.key));
+                continue;
+            }
+        };
+        r.revisions += 1;
+        let mut stack = vec![(rev.tree, String::from("/"))];
+        while let Some((tree, path)) = stack.pop() {
+            if !seen_trees.insert(tree) {
+                continue;
+            }
+            r.trees += 1;
+            let nodes = match read_tree(repo, store, known, &tree) {
+                Ok(n) => n,
+                Err(e) => {
+                    r.errors.push(format!(
+                        "revision {}: tree {} at {path}: {e}",
+                        id.short(),
+                        tree.short()
+                    ));
+                    continue;
+                }
+            };
+            for n in nodes {
+                let child = format!("{}{}", path, String::from_utf8_lossy(&n.name));
+                match &n.body {
+                    Body::Dir(sub) => stack.push((*sub, child + "/")),
+                    Body::File(segs) => {
+                        for s in segs {
+                            if let Segment::Data { id: b, .. } = s {
+                                if !known.blobs.contains_key(b) {
+                                    r.errors.push(format!(
+                                        "revision {}: {child}: data blob {} is in no pack",
+                                        id.short(),
+                                        b.short()
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_tree(
+    repo: &Repository,
+    store: &dyn Tier,
+    known: &Known,
+    id: &BlobId,
+) -> Result<Vec<crate::format::tree::Node>, String> {
+    let (pack, e) = known.blobs.get(id).ok_or("tree blob is in no pack")?;
+    let stored = store
+        .get_range(&names::pack(pack), e.offset.into(), e.stored_len.into())
+        .map_err(|e| e.to_string())?;
+    let plain = pack::open_blob(repo.keys(), e, &stored).map_err(|e| e.to_string())?;
+    crate::format::tree::decode_tree(&plain).map_err(|e| e.to_string())
+}
+
+fn read_all(repo: &Repository, listed: &HashMap<BlobId, u64>, known: &Known, r: &mut CheckReport) {
+    let packs: Vec<BlobId> = listed.keys().copied().collect();
+    let results: Vec<Vec<String>> = std::thread::scope(|s| {
+        let chunks: Vec<&[BlobId]> = packs.chunks(packs.len().div_ceil(2).max(1)).collect();
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|c| {
+                s.spawn(move || {
+                    c.iter()
+                        .flat_map(|p| read_pack(repo, p, known))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| vec!["a check worker panicked".into()])
+            })
+            .collect()
+    });
+    r.packs_read = packs.len();
+    r.errors.extend(results.into_iter().flatten());
+}
+
+fn read_pack(repo: &Repository, id: &BlobId, known: &Known) -> Vec<String> {
+    let key = names::pack(id);
+    let bytes = match repo.store().get(&key) {
+        Ok(b) => b,
+        Err(e) => return vec![format!("{key}: {e}")],
+    };
+    if BlobId::of_stored(&bytes) != *id {
+        return vec![format!(
+            "{key}: content does not match its name (the pack is damaged)"
+        )];
+    }
+    let entries = match pack::parse_pack(repo.keys(), &bytes) {
+        Ok(e) => e,
+        Err(e) => return vec![format!("{key}: {e}")],
+    };
+    let mut errs = Vec::new();
+    for e in &entries {
+        let stored = &bytes[e.offset as usize..(e.offset + e.stored_len) as usize];
+        if let Err(err) = pack::open_blob(repo.keys(), e, stored) {
+            errs.push(format!("{key}: blob {}: {err}", e.id.short()));
+        }
+        if let Some((p, ie)) = known.blobs.get(&e.id) {
+            if p == id && ie != e {
+                errs.push(format!(
+                    "{key}: blob {} differs from its index entry",
+                    e.id.short()
+                ));
+            }
+        }
+    }
+    errs
+}

@@ -1,0 +1,3 @@
+//! Repository upkeep commands: `check` now; `forget` and `prune` later.
+
+pub mod check;

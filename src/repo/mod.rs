@@ -1,0 +1,390 @@
+//! The repository: opening and creating it, keys, blob and tree reads,
+//! revisions, and keeping the local index in step with the tiers.
+//!
+//! `Repository` is shared between worker threads (`Arc<Repository>`); all
+//! its methods take `&self`. The store it holds is a `TierSet`, so nothing
+//! here knows how many tiers there are.
+
+pub mod writer;
+
+use crate::format::crypto::{KdfParams, KeyFile, Keys};
+use crate::format::pack::{header_len, open_blob, open_header};
+use crate::format::revision::Revision;
+use crate::format::tree::{decode_tree, Node, Timestamp};
+use crate::format::{indexfile, names, BlobEntry, BlobId, FormatError, FORMAT_VERSION};
+use crate::index::{Index, IndexError};
+use crate::tier::{Tier, TierError};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RepoError {
+    #[error("there is no tiervault repository at {0}: create one with `tiervault -r {0} init`, or check the location")]
+    NotARepository(String),
+    #[error("a tiervault repository already exists at {0}")]
+    AlreadyExists(String),
+    #[error("wrong password for the repository at {0}: check TIERVAULT_PASSWORD_FILE, TIERVAULT_PASSWORD or --password-command")]
+    WrongPassword(String),
+    #[error("the repository needs a password: set TIERVAULT_PASSWORD_FILE, TIERVAULT_PASSWORD or --password-command, or run on a terminal to be asked")]
+    NoPassword,
+    #[error("{0}")]
+    Password(String),
+    #[error(transparent)]
+    Tier(#[from] TierError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("{object} is damaged: {err}; run `tiervault check --read-data` to find every damaged object")]
+    Corrupt { object: String, err: FormatError },
+    #[error("blob {0} is referenced but no pack holds it; run `tiervault check`")]
+    BlobMissing(BlobId),
+    #[error("no revision matches {0:?}; `tiervault revisions` lists them")]
+    RevisionNotFound(String),
+    #[error("{0:?} matches several revisions; give more characters of the id")]
+    Ambiguous(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+pub type Result<T, E = RepoError> = std::result::Result<T, E>;
+
+/// The `config` object, stored in clear so a tier can be identified without
+/// the password.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct RepoConfig {
+    pub version: u32,
+    pub id: String,
+    pub encryption: String,
+    pub chunker: String,
+    pub created: String,
+}
+
+pub struct Repository {
+    store: Box<dyn Tier>,
+    keys: Keys,
+    config: RepoConfig,
+    index: Index,
+    cache_dir: PathBuf,
+}
+
+pub fn now() -> Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        sec: d.as_secs() as i64,
+        nsec: d.subsec_nanos(),
+    }
+}
+
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if r != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Where per-repository caches live: `TIERVAULT_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/tiervault`, else `~/.cache/tiervault`.
+pub fn default_cache_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("TIERVAULT_CACHE_DIR") {
+        return d.into();
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Path::new(&d).join("tiervault");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    Path::new(&home).join(".cache/tiervault")
+}
+
+fn format_err(object: String) -> impl FnOnce(FormatError) -> RepoError {
+    move |err| RepoError::Corrupt { object, err }
+}
+
+impl Repository {
+    /// Creates a repository on every tier of `store`. `password` is `None`
+    /// only for `--insecure-no-encryption`.
+    pub fn init(
+        store: Box<dyn Tier>,
+        password: Option<&[u8]>,
+        kdf: KdfParams,
+        cache_root: &Path,
+    ) -> Result<Self> {
+        if store.stat(names::CONFIG)?.is_some() {
+            return Err(RepoError::AlreadyExists(store.name().to_string()));
+        }
+        let keys = Keys::random(password.is_some());
+        let created = crate::timefmt::rfc3339(now());
+        let kf = KeyFile::wrap(&keys, password, kdf, &hostname(), &created)
+            .map_err(format_err("new key".into()))?;
+        let kf_bytes = serde_json::to_vec_pretty(&kf).expect("key file serializes");
+        store.put(&names::key(&BlobId::of_stored(&kf_bytes)), &kf_bytes)?;
+        let config = RepoConfig {
+            version: FORMAT_VERSION,
+            id: hex::encode(rand::random::<[u8; 32]>()),
+            encryption: if password.is_some() {
+                "xchacha20poly1305".into()
+            } else {
+                "none".into()
+            },
+            chunker: "fastcdc2020-256k-1m-4m".into(),
+            created,
+        };
+        // The config is written last: its presence marks a complete repository.
+        store.put(
+            names::CONFIG,
+            &serde_json::to_vec_pretty(&config).expect("config serializes"),
+        )?;
+        Self::finish_open(store, keys, config, cache_root)
+    }
+
+    /// Opens an existing repository. `password` is asked only when a key
+    /// file needs one.
+    pub fn open(
+        store: Box<dyn Tier>,
+        password: &dyn Fn() -> Result<Vec<u8>>,
+        cache_root: &Path,
+    ) -> Result<Self> {
+        let loc = store.name().to_string();
+        let raw = match store.get(names::CONFIG) {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Err(RepoError::NotARepository(loc)),
+            Err(e) => return Err(e.into()),
+        };
+        let config: RepoConfig =
+            serde_json::from_slice(&raw).map_err(|_| RepoError::NotARepository(loc.clone()))?;
+        if config.version > FORMAT_VERSION {
+            return Err(RepoError::Corrupt {
+                object: "config".into(),
+                err: FormatError::UnsupportedVersion {
+                    what: "repository",
+                    found: config.version,
+                },
+            });
+        }
+        let encrypted = config.encryption != "none";
+        let mut key_files = Vec::new();
+        for obj in store.list("keys/")? {
+            let b = store.get(&obj.key)?;
+            let kf: KeyFile = serde_json::from_slice(&b).map_err(|_| RepoError::Corrupt {
+                object: obj.key.clone(),
+                err: FormatError::Invalid("key file is not JSON"),
+            })?;
+            key_files.push((obj.key, kf));
+        }
+        if key_files.is_empty() {
+            return Err(RepoError::Corrupt {
+                object: "keys/".into(),
+                err: FormatError::Invalid("no key files"),
+            });
+        }
+        let pw = if key_files.iter().any(|(_, k)| k.needs_password()) {
+            Some(password()?)
+        } else {
+            None
+        };
+        for (name, kf) in &key_files {
+            if let Some(master) = kf
+                .unwrap_master(pw.as_deref())
+                .map_err(format_err(name.clone()))?
+            {
+                let keys = Keys::from_master(master, encrypted);
+                return Self::finish_open(store, keys, config, cache_root);
+            }
+        }
+        Err(RepoError::WrongPassword(loc))
+    }
+
+    fn finish_open(
+        store: Box<dyn Tier>,
+        keys: Keys,
+        config: RepoConfig,
+        cache_root: &Path,
+    ) -> Result<Self> {
+        let cache_dir = cache_root.join(&config.id);
+        let index = Index::open(&cache_dir.join("index"))?;
+        let repo = Self {
+            store,
+            keys,
+            config,
+            index,
+            cache_dir,
+        };
+        repo.sync_index()?;
+        Ok(repo)
+    }
+
+    pub fn store(&self) -> &dyn Tier {
+        self.store.as_ref()
+    }
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+    pub fn cache_dir(&self) -> &Path {
+        &self.cache_dir
+    }
+
+    /// Loads index files not yet seen into the local index. Returns how many
+    /// were loaded.
+    pub fn sync_index(&self) -> Result<usize> {
+        let mut loaded = 0;
+        for obj in self.store.list("index/")? {
+            let Some(id) = obj.key.strip_prefix("index/").and_then(BlobId::from_hex) else {
+                continue;
+            };
+            let mark = format!("idx:{}", id.to_hex());
+            if self.index.meta(&mark)?.is_some() {
+                continue;
+            }
+            let stored = self.store.get(&obj.key)?;
+            let packs =
+                indexfile::open(&self.keys, &id, &stored).map_err(format_err(obj.key.clone()))?;
+            for p in &packs {
+                self.index.add_pack(&p.pack, p.pack_len, &p.blobs, true)?;
+            }
+            self.index.set_meta(&mark, b"")?;
+            loaded += 1;
+        }
+        Ok(loaded)
+    }
+
+    /// Reads and verifies a pack's own header (two ranged reads).
+    pub fn read_pack_header(&self, pack: &BlobId, pack_len: u64) -> Result<Vec<BlobEntry>> {
+        let key = names::pack(pack);
+        let bad = format_err(key.clone());
+        if pack_len < 12 {
+            return Err(bad(FormatError::Truncated));
+        }
+        let last4 = self.store.get_range(&key, pack_len - 4, 4)?;
+        let hl = header_len(&last4, pack_len).map_err(format_err(key.clone()))?;
+        let sealed = self.store.get_range(&key, pack_len - 4 - hl, hl)?;
+        open_header(&self.keys, &sealed, pack_len).map_err(bad)
+    }
+
+    /// Reads, decrypts, decompresses and verifies one blob.
+    pub fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
+        let loc = match self.index.blob(id)? {
+            Some(l) => l,
+            None => {
+                // Another machine may have added index files since we opened.
+                self.sync_index()?;
+                self.index.blob(id)?.ok_or(RepoError::BlobMissing(*id))?
+            }
+        };
+        let key = names::pack(&loc.pack);
+        let stored =
+            self.store
+                .get_range(&key, loc.entry.offset.into(), loc.entry.stored_len.into())?;
+        open_blob(&self.keys, &loc.entry, &stored)
+            .map_err(format_err(format!("blob {} in {key}", id.short())))
+    }
+
+    /// A directory's nodes, from the local tree cache or the tiers.
+    pub fn load_tree(&self, id: &BlobId) -> Result<Vec<Node>> {
+        let plain = match self.index.tree(id)? {
+            Some(p) => p,
+            None => {
+                let p = self.read_blob(id)?;
+                self.index.put_tree(id, &p)?;
+                p
+            }
+        };
+        decode_tree(&plain).map_err(format_err(format!("tree {}", id.short())))
+    }
+
+    pub fn save_revision(&self, rev: &Revision) -> Result<BlobId> {
+        let (id, stored) = rev.seal(&self.keys);
+        self.store.put(&names::revision(&id), &stored)?;
+        Ok(id)
+    }
+
+    /// Every revision, oldest first. Decoded revisions are cached locally.
+    pub fn revisions(&self) -> Result<Vec<(BlobId, Revision)>> {
+        let mut out = Vec::new();
+        for obj in self.store.list("revisions/")? {
+            let Some(id) = obj
+                .key
+                .strip_prefix("revisions/")
+                .and_then(BlobId::from_hex)
+            else {
+                continue;
+            };
+            let mark = format!("rev:{}", id.to_hex());
+            let rev = match self.index.meta(&mark)? {
+                Some(plain) => Revision::decode(&plain).map_err(format_err(obj.key.clone()))?,
+                None => {
+                    let stored = self.store.get(&obj.key)?;
+                    let rev = Revision::open(&self.keys, &id, &stored)
+                        .map_err(format_err(obj.key.clone()))?;
+                    self.index.set_meta(&mark, &rev.encode())?;
+                    rev
+                }
+            };
+            out.push((id, rev));
+        }
+        out.sort_by(|a, b| (a.1.time, a.0).cmp(&(b.1.time, b.0)));
+        Ok(out)
+    }
+
+    /// Resolves `latest`, a time name, or a hex id prefix.
+    pub fn resolve(&self, spec: &str) -> Result<(BlobId, Revision)> {
+        let revs = self.revisions()?;
+        if spec == "latest" {
+            return revs
+                .into_iter()
+                .last()
+                .ok_or_else(|| RepoError::RevisionNotFound(spec.into()));
+        }
+        let names = crate::timefmt::revision_names(&revs);
+        if let Some(i) = names.iter().position(|n| n == spec) {
+            return Ok(revs[i].clone());
+        }
+        let spec_l = spec.to_ascii_lowercase();
+        let mut hits = revs
+            .into_iter()
+            .filter(|(id, _)| spec_l.len() >= 4 && id.to_hex().starts_with(&spec_l));
+        match (hits.next(), hits.next()) {
+            (Some(r), None) => Ok(r),
+            (Some(_), Some(_)) => Err(RepoError::Ambiguous(spec.into())),
+            _ => Err(RepoError::RevisionNotFound(spec.into())),
+        }
+    }
+
+    /// Finds the node at `path` (components separated by `/`) below `tree`.
+    /// The empty path is the root itself, returned as `None`.
+    pub fn find_node(&self, tree: &BlobId, path: &[u8]) -> Result<Option<Node>> {
+        let mut cur_tree = *tree;
+        let mut found: Option<Node> = None;
+        for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            let dir = match &found {
+                None => cur_tree,
+                Some(n) => n.subtree().ok_or_else(|| {
+                    RepoError::Config(format!(
+                        "{} is not a directory",
+                        String::from_utf8_lossy(path)
+                    ))
+                })?,
+            };
+            cur_tree = dir;
+            let nodes = self.load_tree(&cur_tree)?;
+            let n = nodes.into_iter().find(|n| n.name == comp).ok_or_else(|| {
+                RepoError::Config(format!(
+                    "{} does not exist in this revision",
+                    String::from_utf8_lossy(path)
+                ))
+            })?;
+            found = Some(n);
+        }
+        Ok(found)
+    }
+}

@@ -1,0 +1,263 @@
+//! The write half of the ingest pipeline: seal workers compress and encrypt
+//! blobs, one packer thread fills packs, one writer thread stores them.
+//!
+//! ```text
+//! add() --(bounded)--> seal workers --(bounded)--> packer --(bounded)--> writer
+//! ```
+//! Bounded channels keep memory fixed however large the backup. A blob is
+//! recorded in the index only after its pack is stored, and removed from the
+//! `pending` set in the same critical section that `add` uses for its
+//! duplicate check, so identical content arriving concurrently is stored
+//! once. Index files are written every `INDEX_EVERY` packs and at `finish`.
+
+use super::{RepoError, Repository, Result};
+use crate::format::indexfile::{self, PackIndex};
+use crate::format::pack::{seal_blob, PackBuilder};
+use crate::format::{names, BlobId, BlobType};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+const INDEX_EVERY: usize = 64;
+
+#[derive(Default)]
+pub struct WriterStats {
+    pub blobs_added: AtomicU64,
+    pub bytes_added: AtomicU64,
+    pub stored_bytes: AtomicU64,
+    pub packs: AtomicU64,
+}
+
+struct Shared {
+    repo: Arc<Repository>,
+    pending: Mutex<HashSet<BlobId>>,
+    error: Mutex<Option<RepoError>>,
+    stats: Arc<WriterStats>,
+}
+
+impl Shared {
+    fn fail(&self, e: RepoError) {
+        let mut g = self.error.lock().expect("error lock");
+        if g.is_none() {
+            *g = Some(e);
+        }
+    }
+    fn failed(&self) -> bool {
+        self.error.lock().expect("error lock").is_some()
+    }
+}
+
+struct Sealed {
+    id: BlobId,
+    kind: BlobType,
+    compressed: bool,
+    raw_len: u32,
+    stored: Vec<u8>,
+}
+
+pub struct BlobWriter {
+    tx: Option<Sender<(BlobType, BlobId, Vec<u8>)>>,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl BlobWriter {
+    pub fn new(repo: Arc<Repository>, seal_workers: usize) -> Self {
+        let shared = Arc::new(Shared {
+            repo,
+            pending: Mutex::new(HashSet::new()),
+            error: Mutex::new(None),
+            stats: Arc::default(),
+        });
+        let (tx, rx) = bounded::<(BlobType, BlobId, Vec<u8>)>(8);
+        let (stx, srx) = bounded::<Sealed>(8);
+        let (ptx, prx) = bounded::<PackBuilder>(1);
+        let mut threads = Vec::new();
+        for _ in 0..seal_workers.max(1) {
+            let (rx, stx, sh) = (rx.clone(), stx.clone(), shared.clone());
+            threads.push(std::thread::spawn(move || seal_loop(&sh, &rx, &stx)));
+        }
+        drop(stx);
+        threads.push(std::thread::spawn(move || pack_loop(&srx, &ptx)));
+        let sh = shared.clone();
+        threads.push(std::thread::spawn(move || write_loop(&sh, &prx)));
+        Self {
+            tx: Some(tx),
+            shared,
+            threads,
+        }
+    }
+
+    /// Counters that stay readable after `finish`.
+    pub fn stats(&self) -> Arc<WriterStats> {
+        self.shared.stats.clone()
+    }
+
+    /// Queues a blob unless the repository or this run already has it.
+    /// Returns whether it was new.
+    pub fn add(&self, kind: BlobType, id: BlobId, plain: Vec<u8>) -> Result<bool> {
+        if self.shared.failed() {
+            return Err(self.take_error());
+        }
+        {
+            let mut p = self.shared.pending.lock().expect("pending lock");
+            if p.contains(&id) || self.shared.repo.index().has_blob(&id)? {
+                return Ok(false);
+            }
+            p.insert(id);
+        }
+        self.shared
+            .stats
+            .blobs_added
+            .fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .stats
+            .bytes_added
+            .fetch_add(plain.len() as u64, Ordering::Relaxed);
+        let tx = self.tx.as_ref().expect("writer not finished");
+        if tx.send((kind, id, plain)).is_err() {
+            return Err(self.take_error());
+        }
+        Ok(true)
+    }
+
+    fn take_error(&self) -> RepoError {
+        self.shared
+            .error
+            .lock()
+            .expect("error lock")
+            .take()
+            .unwrap_or_else(|| RepoError::Config("the blob writer stopped".into()))
+    }
+
+    /// Flushes the last pack and the index file; returns once every blob
+    /// added is durably stored.
+    pub fn finish(mut self) -> Result<()> {
+        drop(self.tx.take());
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                self.shared
+                    .fail(RepoError::Config("a backup worker thread panicked".into()));
+            }
+        }
+        match self.shared.error.lock().expect("error lock").take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn seal_loop(sh: &Shared, rx: &Receiver<(BlobType, BlobId, Vec<u8>)>, tx: &Sender<Sealed>) {
+    let keys = sh.repo.keys();
+    for (kind, id, plain) in rx {
+        let (stored, compressed) = seal_blob(keys, kind, &id, &plain);
+        if tx
+            .send(Sealed {
+                id,
+                kind,
+                compressed,
+                raw_len: plain.len() as u32,
+                stored,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn pack_loop(rx: &Receiver<Sealed>, tx: &Sender<PackBuilder>) {
+    let mut pb = PackBuilder::new();
+    for s in rx {
+        pb.add(s.id, s.kind, s.compressed, s.raw_len, &s.stored);
+        if pb.is_full() && tx.send(std::mem::take(&mut pb)).is_err() {
+            return;
+        }
+    }
+    if !pb.is_empty() {
+        let _ = tx.send(pb);
+    }
+}
+
+fn write_loop(sh: &Shared, rx: &Receiver<PackBuilder>) {
+    let repo = &sh.repo;
+    let mut unindexed: Vec<PackIndex> = Vec::new();
+    for pb in rx {
+        if sh.failed() {
+            continue; // drain so upstream threads can finish
+        }
+        let (pack, bytes, entries) = pb.finish(repo.keys());
+        let res = repo
+            .store()
+            .put(&names::pack(&pack), &bytes)
+            .map_err(RepoError::from)
+            .and_then(|()| {
+                repo.index()
+                    .add_pack(&pack, bytes.len() as u64, &entries, false)
+                    .map_err(RepoError::from)
+            });
+        {
+            let mut p = sh.pending.lock().expect("pending lock");
+            for e in &entries {
+                p.remove(&e.id);
+            }
+        }
+        if let Err(e) = res {
+            sh.fail(e);
+            continue;
+        }
+        sh.stats.packs.fetch_add(1, Ordering::Relaxed);
+        sh.stats
+            .stored_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        unindexed.push(PackIndex {
+            pack,
+            pack_len: bytes.len() as u64,
+            blobs: entries,
+        });
+        if unindexed.len() >= INDEX_EVERY {
+            if let Err(e) = write_index(repo, &std::mem::take(&mut unindexed)) {
+                sh.fail(e);
+            }
+        }
+    }
+    if !sh.failed() && !unindexed.is_empty() {
+        if let Err(e) = write_index(repo, &unindexed) {
+            sh.fail(e);
+        }
+    }
+}
+
+/// Stores one index file covering `packs` and marks them indexed locally.
+pub fn write_index(repo: &Repository, packs: &[PackIndex]) -> Result<()> {
+    let (id, stored) = indexfile::seal(repo.keys(), packs);
+    repo.store().put(&names::index(&id), &stored)?;
+    repo.index()
+        .set_meta(&format!("idx:{}", id.to_hex()), b"")?;
+    let marks: Vec<(BlobId, u64)> = packs.iter().map(|p| (p.pack, p.pack_len)).collect();
+    repo.index().mark_indexed(&marks)?;
+    Ok(())
+}
+
+/// Covers packs left unindexed by an interrupted run with an index file,
+/// reading each one's header from the tiers.
+pub fn index_leftover_packs(repo: &Repository) -> Result<usize> {
+    let mut packs = Vec::new();
+    for pack in repo.index().unindexed_packs()? {
+        let Some(len) = repo.index().pack_len(&pack)? else {
+            continue;
+        };
+        let blobs = repo.read_pack_header(&pack, len)?;
+        packs.push(PackIndex {
+            pack,
+            pack_len: len,
+            blobs,
+        });
+    }
+    if !packs.is_empty() {
+        write_index(repo, &packs)?;
+    }
+    Ok(packs.len())
+}

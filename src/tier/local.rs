@@ -1,0 +1,178 @@
+//! A tier in a local directory, which also covers a mounted network share.
+//!
+//! Writes go to `.tmp-*` in the target directory, are fsynced, renamed into
+//! place, and the directory is fsynced, so a crash or a full disk leaves
+//! either the old object or the whole new one. Listings skip `.tmp-*`
+//! leftovers of interrupted writes.
+
+use super::{ObjectInfo, Tier, TierError};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+pub struct LocalTier {
+    root: PathBuf,
+    label: String,
+}
+
+impl LocalTier {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        let abs = std::path::absolute(&root).unwrap_or_else(|_| root.clone());
+        Self {
+            label: format!("local:{}", abs.display()),
+            root: abs,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn err(&self, key: &str, e: io::Error) -> TierError {
+        match e.kind() {
+            io::ErrorKind::NotFound => TierError::NotFound {
+                tier: self.label.clone(),
+                key: key.into(),
+            },
+            _ if e.raw_os_error() == Some(libc::ENOSPC)
+                || e.raw_os_error() == Some(libc::EDQUOT) =>
+            {
+                TierError::NoSpace {
+                    tier: self.label.clone(),
+                    key: key.into(),
+                }
+            }
+            _ => TierError::Io {
+                tier: self.label.clone(),
+                key: key.into(),
+                source: e,
+            },
+        }
+    }
+
+    fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let dir = path.parent().expect("object paths have a parent");
+        fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(".tmp-{:016x}", rand::random::<u64>()));
+        let res = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            fs::rename(&tmp, path)?;
+            File::open(dir)?.sync_all()
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
+    }
+}
+
+impl Tier for LocalTier {
+    fn name(&self) -> &str {
+        &self.label
+    }
+
+    fn get(&self, key: &str) -> Result<Vec<u8>, TierError> {
+        fs::read(self.root.join(key)).map_err(|e| self.err(key, e))
+    }
+
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, TierError> {
+        let f = File::open(self.root.join(key)).map_err(|e| self.err(key, e))?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, offset).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                self.err(
+                    key,
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("object shorter than {} bytes", offset + len),
+                    ),
+                )
+            } else {
+                self.err(key, e)
+            }
+        })?;
+        Ok(buf)
+    }
+
+    fn put(&self, key: &str, data: &[u8]) -> Result<(), TierError> {
+        self.write_atomic(&self.root.join(key), data)
+            .map_err(|e| self.err(key, e))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, TierError> {
+        let mut out = Vec::new();
+        let base = self.root.join(prefix);
+        let mut stack = vec![(base, prefix.trim_end_matches('/').to_string())];
+        while let Some((dir, key)) = stack.pop() {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.err(&key, e)),
+            };
+            for ent in rd {
+                let ent = ent.map_err(|e| self.err(&key, e))?;
+                let name = ent.file_name().to_string_lossy().into_owned();
+                if name.starts_with(".tmp-") {
+                    continue;
+                }
+                let child = format!("{key}/{name}");
+                let md = ent.metadata().map_err(|e| self.err(&child, e))?;
+                if md.is_dir() {
+                    stack.push((ent.path(), child));
+                } else {
+                    out.push(ObjectInfo {
+                        key: child,
+                        size: md.len(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn stat(&self, key: &str) -> Result<Option<u64>, TierError> {
+        match fs::metadata(self.root.join(key)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err(key, e)),
+        }
+    }
+
+    fn delete(&self, key: &str) -> Result<(), TierError> {
+        match fs::remove_file(self.root.join(key)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err(key, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_list_delete() {
+        let d = tempfile::tempdir().unwrap();
+        let t = LocalTier::new(d.path());
+        t.put("data/ab/abc", b"hello").unwrap();
+        assert_eq!(t.get("data/ab/abc").unwrap(), b"hello");
+        assert_eq!(t.get_range("data/ab/abc", 1, 3).unwrap(), b"ell");
+        assert!(t.get_range("data/ab/abc", 3, 5).is_err());
+        fs::write(d.path().join("data/ab/.tmp-1"), b"x").unwrap();
+        assert_eq!(
+            t.list("data/").unwrap(),
+            vec![ObjectInfo {
+                key: "data/ab/abc".into(),
+                size: 5
+            }]
+        );
+        assert!(t.get("nope").unwrap_err().is_not_found());
+        t.delete("data/ab/abc").unwrap();
+        assert_eq!(t.stat("data/ab/abc").unwrap(), None);
+    }
+}
