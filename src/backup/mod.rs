@@ -46,6 +46,7 @@ pub struct BackupSummary {
     pub errors: u64,
     pub warnings: u64,
     pub stored_bytes: u64,
+    pub bytes_read: u64,
 }
 
 pub fn run(repo: Arc<Repository>, opts: &BackupOptions) -> Result<BackupSummary> {
@@ -109,5 +110,6 @@ pub fn run(repo: Arc<Repository>, opts: &BackupOptions) -> Result<BackupSummary>
         errors: walked.errors,
         warnings: walked.warnings,
         stored_bytes: stored,
+        bytes_read: walked.read,
     })
 }

@@ -35,6 +35,8 @@ pub struct Walked {
     pub files: u64,
     pub dirs: u64,
     pub bytes: u64,
+    /// Bytes actually read from files (unchanged files are not read).
+    pub read: u64,
     pub errors: u64,
     pub warnings: u64,
 }
@@ -167,6 +169,7 @@ impl Walker {
             files: c.files.load(Ordering::Relaxed),
             dirs: c.dirs.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
+            read: c.read.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
             warnings: c.warnings.load(Ordering::Relaxed),
         })

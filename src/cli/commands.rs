@@ -71,7 +71,7 @@ pub fn backup(s: &Settings, a: &BackupArgs) -> anyhow::Result<i32> {
             json!({
                 "id": sum.id.to_hex(), "short_id": sum.id.short(), "time": timefmt::rfc3339(sum.revision.time),
                 "files": st.files, "dirs": st.dirs, "bytes": st.bytes, "bytes_added": st.bytes_added,
-                "blobs_added": st.blobs_added, "stored_bytes": sum.stored_bytes, "errors": sum.errors,
+                "blobs_added": st.blobs_added, "stored_bytes": sum.stored_bytes, "bytes_read": sum.bytes_read, "errors": sum.errors,
                 "warnings": sum.warnings, "seconds": secs,
             })
         );

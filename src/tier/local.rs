@@ -21,7 +21,7 @@ impl LocalTier {
         let root = root.into();
         let abs = std::path::absolute(&root).unwrap_or_else(|_| root.clone());
         Self {
-            label: format!("local:{}", abs.display()),
+            label: abs.display().to_string(),
             root: abs,
         }
     }

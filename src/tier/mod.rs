@@ -53,7 +53,7 @@ pub struct ObjectInfo {
 }
 
 pub trait Tier: Send + Sync {
-    /// A label for messages, such as `local:/srv/vault`.
+    /// The location as the user gives it to `-r`, for messages.
     fn name(&self) -> &str;
     fn get(&self, key: &str) -> Result<Vec<u8>, TierError>;
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, TierError>;

@@ -1,0 +1,352 @@
+//! Bad input gets a clear one-line error, a documented exit code, and
+//! nothing is lost.
+
+mod common;
+
+use common::{is_root, json, Env};
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A one-line message, no panic, no backtrace.
+fn assert_clean_error(o: &std::process::Output, code: i32, needle: &str) {
+    let e = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "stderr: {e}");
+    assert!(e.contains(needle), "expected {needle:?} in: {e}");
+    assert!(
+        !e.contains("panicked") && !e.contains("RUST_BACKTRACE"),
+        "{e}"
+    );
+    assert_eq!(e.trim_end().lines().count(), 1, "not one line: {e}");
+}
+
+#[test]
+fn wrong_password_missing_repository_and_no_password() {
+    let env = Env::new();
+    env.init();
+    let o = env
+        .cmd()
+        .env("TIERVAULT_PASSWORD", "wrong")
+        .arg("revisions")
+        .output()
+        .unwrap();
+    assert_clean_error(&o, 12, "wrong password");
+
+    let o = Command::new(env!("CARGO_BIN_EXE_tiervault"))
+        .args(["-r", "/nonexistent/repo", "revisions"])
+        .output()
+        .unwrap();
+    assert_clean_error(&o, 10, "tiervault -r /nonexistent/repo init");
+
+    let not_repo = env.path("just-a-dir");
+    fs::create_dir_all(&not_repo).unwrap();
+    fs::write(not_repo.join("config"), "this is not a tiervault config").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_tiervault"))
+        .args(["-r", not_repo.to_str().unwrap(), "revisions"])
+        .env("TIERVAULT_PASSWORD", "x")
+        .output()
+        .unwrap();
+    assert_clean_error(&o, 10, "no tiervault repository");
+
+    let o = env
+        .cmd()
+        .env_remove("TIERVAULT_PASSWORD")
+        .arg("revisions")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_clean_error(&o, 1, "TIERVAULT_PASSWORD_FILE");
+
+    let o = env.run(["init"]);
+    assert_clean_error(&o, 1, "already exists");
+
+    let o = Command::new(env!("CARGO_BIN_EXE_tiervault"))
+        .arg("revisions")
+        .output()
+        .unwrap();
+    assert_clean_error(&o, 1, "-r LOCATION");
+}
+
+#[test]
+fn password_file_and_command() {
+    let env = Env::new();
+    env.init();
+    let pf = env.path("pw");
+    fs::write(&pf, format!("{}\n", common::PASSWORD)).unwrap();
+    let o = env
+        .cmd()
+        .env_remove("TIERVAULT_PASSWORD")
+        .env("TIERVAULT_PASSWORD_FILE", &pf)
+        .arg("revisions")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = env
+        .cmd()
+        .env_remove("TIERVAULT_PASSWORD")
+        .args([
+            "--password-command",
+            &format!("echo '{}'", common::PASSWORD),
+            "revisions",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = env
+        .cmd()
+        .env_remove("TIERVAULT_PASSWORD")
+        .args(["--password-command", "false", "revisions"])
+        .output()
+        .unwrap();
+    assert_clean_error(&o, 1, "--password-command failed");
+}
+
+#[test]
+fn unencrypted_only_with_explicit_flag() {
+    let env = Env::new();
+    env.ok(["init", "--insecure-no-encryption"]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("secret"), "plain for all to see").unwrap();
+    // No password needed to use it.
+    let o = Command::new(env!("CARGO_BIN_EXE_tiervault"))
+        .args([
+            "-r",
+            env.repo.to_str().unwrap(),
+            "backup",
+            src.to_str().unwrap(),
+        ])
+        .env("TIERVAULT_CACHE_DIR", &env.cache)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg = json(&fs::read_to_string(env.repo.join("config")).unwrap());
+    assert_eq!(cfg["encryption"], "none");
+    // The default is encrypted.
+    let env2 = Env::new();
+    env2.init();
+    let cfg = json(&fs::read_to_string(env2.repo.join("config")).unwrap());
+    assert_eq!(cfg["encryption"], "xchacha20poly1305");
+}
+
+/// Drops root's power to bypass file permissions, so a mode-000 file is
+/// really unreadable for the child.
+fn without_dac_override(c: &mut Command) -> &mut Command {
+    // SAFETY: prctl in the child before exec touches no shared state.
+    unsafe {
+        c.pre_exec(|| {
+            for cap in [
+                1, /* CAP_DAC_OVERRIDE */
+                2, /* CAP_DAC_READ_SEARCH */
+            ] {
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+#[test]
+fn unreadable_entries_are_reported_skipped_and_exit_3() {
+    assert!(is_root(), "run the suite as root");
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    fs::create_dir_all(src.join("locked-dir")).unwrap();
+    fs::write(src.join("readable"), "fine").unwrap();
+    fs::write(src.join("locked-file"), "secret").unwrap();
+    fs::write(src.join("locked-dir/inner"), "secret").unwrap();
+    fs::set_permissions(
+        src.join("locked-file"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o000),
+    )
+    .unwrap();
+    fs::set_permissions(
+        src.join("locked-dir"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o000),
+    )
+    .unwrap();
+    let o = without_dac_override(env.cmd().args(["backup", src.to_str().unwrap()]))
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{e}");
+    assert!(
+        e.contains("locked-file") && e.contains("locked-dir") && e.contains("Permission denied"),
+        "{e}"
+    );
+    let dst = env.path("dst");
+    env.ok([
+        "restore",
+        &format!("latest:{}", src.display()),
+        "--target",
+        dst.to_str().unwrap(),
+    ]);
+    assert_eq!(fs::read(dst.join("readable")).unwrap(), b"fine");
+    assert!(!dst.join("locked-file").exists());
+    env.ok(["check"]);
+}
+
+#[test]
+fn a_file_changing_while_read_is_reported() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let f = src.join("growing.log");
+    fs::write(&f, vec![1u8; 64 << 20]).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let f2 = f.clone();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut h = fs::OpenOptions::new().append(true).open(&f2).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < deadline
+        {
+            h.write_all(&[2u8; 4096]).unwrap();
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    });
+    let o = env.run(["backup", src.to_str().unwrap()]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("changed while it was read"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn corrupt_data_fails_loudly_and_check_names_it() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    // Incompressible, so the data blob fills most of the pack and the
+    // trees (written after it) stay intact.
+    let mut data = vec![0u8; 2 << 20];
+    let mut x = 7u64;
+    for b in data.iter_mut() {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *b = (x >> 56) as u8;
+    }
+    fs::write(src.join("f"), &data).unwrap();
+    env.ok(["backup", src.to_str().unwrap()]);
+    // Flip one byte a third into the pack, inside the data blob.
+    let mut packs: Vec<_> = walk(&env.repo.join("data"));
+    packs.sort_by_key(|p| fs::metadata(p).unwrap().len());
+    let pack = packs.last().unwrap();
+    let mut bytes = fs::read(pack).unwrap();
+    let mid = bytes.len() / 3;
+    bytes[mid] ^= 0x55;
+    fs::write(pack, &bytes).unwrap();
+
+    let dst = env.path("dst");
+    let o = env.run([
+        "restore",
+        &format!("latest:{}", src.display()),
+        "--target",
+        dst.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("damaged"), "{}", stderr(&o));
+    assert!(
+        !dst.join("f").exists(),
+        "a file with wrong bytes was left behind"
+    );
+
+    let o = env.run(["check", "--read-data"]);
+    assert_eq!(o.status.code(), Some(1));
+    let name = pack.file_name().unwrap().to_str().unwrap();
+    assert!(
+        stderr(&o).contains(name),
+        "check did not name {name}: {}",
+        stderr(&o)
+    );
+    // The structural check alone does not read data and passes.
+    env.ok(["check"]);
+}
+
+fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+/// Unmounts the tmpfs even when the test fails.
+struct Mounted(std::path::PathBuf);
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_tier_gives_a_clear_error_and_loses_nothing() {
+    assert!(is_root(), "run the suite as root (mounts a small tmpfs)");
+    let env = Env::new();
+    let small = env.path("small");
+    fs::create_dir_all(&small).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _guard = Mounted(small.clone());
+    let repo = small.join("repo");
+    let tv = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tiervault"))
+            .arg("-r")
+            .arg(&repo)
+            .args(args)
+            .env("TIERVAULT_CACHE_DIR", &env.cache)
+            .env("TIERVAULT_PASSWORD", common::PASSWORD)
+            .output()
+            .unwrap()
+    };
+    assert!(
+        tv(&["init", "--kdf-memory", "1024", "--kdf-iterations", "1"])
+            .status
+            .success()
+    );
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("small"), "fits").unwrap();
+    assert!(tv(&["backup", src.to_str().unwrap()]).status.success());
+    let mut big = vec![0u8; 20 << 20];
+    let mut x = 1u64;
+    for b in big.iter_mut() {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *b = (x >> 56) as u8;
+    }
+    fs::write(src.join("big"), &big).unwrap();
+    let o = tv(&["backup", src.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("is full"), "{}", stderr(&o));
+    // The earlier revision is intact and no partial revision exists.
+    let revs = json(&String::from_utf8(tv(&["--json", "revisions"]).stdout).unwrap());
+    assert_eq!(revs.as_array().unwrap().len(), 1);
+    assert!(tv(&["check", "--read-data"]).status.success());
+}
