@@ -1,0 +1,89 @@
+//! SIGKILL at random moments during a backup must leave a repository that
+//! `check` accepts, publish no partial revision, and let the next backup
+//! reuse what was already stored.
+
+mod common;
+
+use common::{json, Env};
+use rand::{Rng, SeedableRng};
+use std::fs;
+use std::time::{Duration, Instant};
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill(&mut v[..]);
+    v
+}
+
+fn stored_bytes(dir: &std::path::Path) -> u64 {
+    let mut n = 0;
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            n += stored_bytes(&e.path());
+        } else {
+            n += e.metadata().unwrap().len();
+        }
+    }
+    n
+}
+
+#[test]
+fn killed_backups_leave_a_sound_repository_and_are_resumed() {
+    let seed: u64 = std::env::var("TIERVAULT_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("kill test seed {seed} (set TIERVAULT_KILL_SEED to repeat)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let mut total = 0u64;
+    for i in 0..24 {
+        let len = rng.gen_range(1usize << 20..16 << 20);
+        fs::write(src.join(format!("file{i:02}")), pseudo_random(len, seed ^ i)).unwrap();
+        total += len as u64;
+    }
+    // Time a clean backup elsewhere, to aim the kills inside the run.
+    let probe = Env::new();
+    probe.init();
+    let t = Instant::now();
+    probe.ok(["backup", src.to_str().unwrap()]);
+    let full = t.elapsed();
+
+    let mut kills = 0;
+    for round in 0..6 {
+        let delay = Duration::from_secs_f64(full.as_secs_f64() * rng.gen_range(0.05..0.95));
+        let mut child = env.cmd().args(["backup", src.to_str().unwrap()]).stderr(std::process::Stdio::null()).spawn().unwrap();
+        std::thread::sleep(delay);
+        let finished = child.try_wait().unwrap().is_some();
+        if !finished {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+        let revs = json(&env.ok(["--json", "revisions"]));
+        assert_eq!(revs.as_array().unwrap().len(), usize::from(finished), "round {round}: a killed backup published a revision");
+        let check = env.run(["check", "--read-data"]);
+        assert!(check.status.success(), "round {round} (seed {seed}): check failed after a kill at {delay:?}:\n{}", String::from_utf8_lossy(&check.stderr));
+        if finished {
+            break;
+        }
+    }
+    assert!(kills > 0, "no backup was killed (seed {seed})");
+    let before = stored_bytes(&env.repo.join("data"));
+    let out = json(&env.ok(["--json", "backup", src.to_str().unwrap()]));
+    // What earlier runs stored is reused: this run stores only the rest, plus
+    // at most one pack per kill that landed after the process died.
+    let stored_now = out["stored_bytes"].as_u64().unwrap();
+    assert!(
+        before + stored_now <= total + (kills as u64) * (20 << 20) + (4 << 20),
+        "data stored twice: {before} before + {stored_now} now for {total} bytes of source"
+    );
+    if before > 32 << 20 {
+        assert!(stored_now < total, "nothing was reused: {out}");
+    }
+    env.ok(["check", "--read-data"]);
+    let dst = env.path("dst");
+    env.ok(["restore", &format!("latest:{}", src.display()), "--target", dst.to_str().unwrap()]);
+    common::tree::assert_same(&src, &dst, false);
+}
