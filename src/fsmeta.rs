@@ -43,8 +43,10 @@ fn open_noatime(p: &Path, flags: libc::c_int) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// Opens a file for reading. `O_NONBLOCK` keeps a file that was swapped
+/// for a FIFO from blocking the reader; it has no effect on regular files.
 pub fn open_file(p: &Path) -> io::Result<File> {
-    open_noatime(p, libc::O_RDONLY)
+    open_noatime(p, libc::O_RDONLY | libc::O_NONBLOCK)
 }
 
 /// Names in a directory, excluding `.` and `..`, sorted, read without

@@ -195,6 +195,78 @@ fn unreadable_entries_are_reported_skipped_and_exit_3() {
 }
 
 #[test]
+fn an_unreadable_sole_path_saves_nothing_and_says_so() {
+    assert!(is_root(), "run the suite as root");
+    let env = Env::new();
+    env.init();
+    let src = env.path("locked");
+    fs::create_dir_all(&src).unwrap();
+    fs::set_permissions(&src, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    let o = without_dac_override(env.cmd().args(["backup", src.to_str().unwrap()]))
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("none of the given paths could be read") && !e.contains("internal error"),
+        "{e}"
+    );
+    assert_eq!(
+        json(&env.ok(["--json", "revisions"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+#[test]
+fn one_file_system_applies_to_each_backup_path() {
+    assert!(is_root(), "run the suite as root (mounts tmpfs)");
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    let other = env.path("other-fs");
+    fs::create_dir_all(src.join("mnt")).unwrap();
+    fs::create_dir_all(&other).unwrap();
+    fs::write(src.join("here"), "same fs").unwrap();
+    for m in [src.join("mnt"), other.clone()] {
+        assert!(Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(&m)
+            .status()
+            .unwrap()
+            .success());
+    }
+    let _g1 = Mounted(src.join("mnt"));
+    let _g2 = Mounted(other.clone());
+    fs::write(src.join("mnt/inside"), "another fs").unwrap();
+    fs::write(other.join("root-file"), "a backup path on its own fs").unwrap();
+    env.ok([
+        "backup",
+        "-x",
+        src.to_str().unwrap(),
+        other.to_str().unwrap(),
+    ]);
+    let dst = env.path("dst");
+    env.ok(["restore", "latest", "--target", dst.to_str().unwrap()]);
+    let r = |p: &std::path::Path| dst.join(p.strip_prefix("/").unwrap());
+    assert!(r(&src.join("here")).exists());
+    assert!(
+        r(&src.join("mnt")).is_dir(),
+        "the mount point itself is kept"
+    );
+    assert!(
+        !r(&src.join("mnt/inside")).exists(),
+        "-x crossed into a mounted file system"
+    );
+    assert_eq!(
+        fs::read(r(&other.join("root-file"))).unwrap(),
+        b"a backup path on its own fs"
+    );
+}
+
+#[test]
 fn a_file_changing_while_read_is_reported() {
     let env = Env::new();
     env.init();

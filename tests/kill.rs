@@ -30,7 +30,10 @@ fn stored_bytes(dir: &std::path::Path) -> u64 {
 
 #[test]
 fn killed_backups_leave_a_sound_repository_and_are_resumed() {
-    let seed: u64 = std::env::var("TIERVAULT_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    let seed: u64 = std::env::var("TIERVAULT_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
     eprintln!("kill test seed {seed} (set TIERVAULT_KILL_SEED to repeat)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let env = Env::new();
@@ -40,7 +43,11 @@ fn killed_backups_leave_a_sound_repository_and_are_resumed() {
     let mut total = 0u64;
     for i in 0..24 {
         let len = rng.gen_range(1usize << 20..16 << 20);
-        fs::write(src.join(format!("file{i:02}")), pseudo_random(len, seed ^ i)).unwrap();
+        fs::write(
+            src.join(format!("file{i:02}")),
+            pseudo_random(len, seed ^ i),
+        )
+        .unwrap();
         total += len as u64;
     }
     // Time a clean backup elsewhere, to aim the kills inside the run.
@@ -53,7 +60,12 @@ fn killed_backups_leave_a_sound_repository_and_are_resumed() {
     let mut kills = 0;
     for round in 0..6 {
         let delay = Duration::from_secs_f64(full.as_secs_f64() * rng.gen_range(0.05..0.95));
-        let mut child = env.cmd().args(["backup", src.to_str().unwrap()]).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let mut child = env
+            .cmd()
+            .args(["backup", src.to_str().unwrap()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(delay);
         let finished = child.try_wait().unwrap().is_some();
         if !finished {
@@ -62,15 +74,26 @@ fn killed_backups_leave_a_sound_repository_and_are_resumed() {
         }
         child.wait().unwrap();
         let revs = json(&env.ok(["--json", "revisions"]));
-        assert_eq!(revs.as_array().unwrap().len(), usize::from(finished), "round {round}: a killed backup published a revision");
+        assert_eq!(
+            revs.as_array().unwrap().len(),
+            usize::from(finished),
+            "round {round}: a killed backup published a revision"
+        );
         let check = env.run(["check", "--read-data"]);
-        assert!(check.status.success(), "round {round} (seed {seed}): check failed after a kill at {delay:?}:\n{}", String::from_utf8_lossy(&check.stderr));
+        assert!(
+            check.status.success(),
+            "round {round} (seed {seed}): check failed after a kill at {delay:?}:\n{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
         if finished {
             break;
         }
     }
     assert!(kills > 0, "no backup was killed (seed {seed})");
     let before = stored_bytes(&env.repo.join("data"));
+    // Finish on a fresh cache, as another machine would: the leftover packs
+    // are found on the tier itself.
+    fs::remove_dir_all(&env.cache).unwrap();
     let out = json(&env.ok(["--json", "backup", src.to_str().unwrap()]));
     // What earlier runs stored is reused: this run stores only the rest, plus
     // at most one pack per kill that landed after the process died.
@@ -84,6 +107,11 @@ fn killed_backups_leave_a_sound_repository_and_are_resumed() {
     }
     env.ok(["check", "--read-data"]);
     let dst = env.path("dst");
-    env.ok(["restore", &format!("latest:{}", src.display()), "--target", dst.to_str().unwrap()]);
+    env.ok([
+        "restore",
+        &format!("latest:{}", src.display()),
+        "--target",
+        dst.to_str().unwrap(),
+    ]);
     common::tree::assert_same(&src, &dst, false);
 }

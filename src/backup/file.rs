@@ -46,6 +46,12 @@ pub fn read_file(
     before: &std::fs::Metadata,
 ) -> Result<FileContent, FileError> {
     let mut f = fsmeta::open_file(path).map_err(FileError::Skip)?;
+    let opened = f.metadata().map_err(FileError::Skip)?;
+    if !opened.is_file() || opened.ino() != before.ino() || opened.dev() != before.dev() {
+        return Err(FileError::Skip(std::io::Error::other(
+            "replaced by another file while the backup ran",
+        )));
+    }
     let size = before.size();
     let regions = if before.blocks() * 512 < size {
         fsmeta::data_regions(&f, size).map_err(FileError::Skip)?

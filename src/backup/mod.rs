@@ -19,7 +19,7 @@ mod walk;
 
 use crate::format::revision::{Revision, RevisionStats};
 use crate::format::BlobId;
-use crate::repo::writer::{index_leftover_packs, BlobWriter};
+use crate::repo::writer::{adopt_unindexed_packs, BlobWriter};
 use crate::repo::{hostname, now, Repository, Result};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -51,7 +51,7 @@ pub struct BackupSummary {
 
 pub fn run(repo: Arc<Repository>, opts: &BackupOptions) -> Result<BackupSummary> {
     let start = now();
-    let leftovers = index_leftover_packs(&repo)?;
+    let leftovers = adopt_unindexed_packs(&repo)?;
     if leftovers > 0 {
         eprintln!(
             "indexed {leftovers} pack(s) left by an interrupted backup; their data is reused"

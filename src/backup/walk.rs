@@ -90,9 +90,19 @@ pub struct Walker {
     writer: Arc<BlobWriter>,
     names: Names,
     excludes: GlobSet,
-    one_fs: Option<u64>,
+    one_fs: bool,
+    /// Device of the backup path being walked, for `--one-file-system`.
+    root_dev: u64,
     jobs: Sender<FileJob>,
     counters: Arc<Counters>,
+}
+
+fn nothing_readable() -> RepoError {
+    RepoError::Config("none of the given paths could be read; no revision was saved".into())
+}
+
+fn workers_gone() -> RepoError {
+    RepoError::Config("a file reader thread stopped unexpectedly; no revision was saved".into())
 }
 
 fn report(counters: &Counters, path: &Path, e: &dyn std::fmt::Display) {
@@ -126,20 +136,13 @@ impl Walker {
             .collect();
         drop(jrx);
         let progress = opts.progress.then(|| spawn_progress(counters.clone()));
-        let one_fs = if opts.one_file_system {
-            paths
-                .first()
-                .and_then(|p| std::fs::symlink_metadata(p).ok())
-                .map(|m| m.dev())
-        } else {
-            None
-        };
         let mut w = Walker {
             repo,
             writer,
             names: Names::default(),
             excludes,
-            one_fs,
+            one_fs: opts.one_file_system,
+            root_dev: 0,
             jobs: jtx,
             counters: counters.clone(),
         };
@@ -181,13 +184,15 @@ impl Walker {
         if paths.len() == 1 && paths[0] == Path::new("/") {
             let md =
                 std::fs::symlink_metadata("/").map_err(|e| RepoError::Config(format!("/: {e}")))?;
-            return self.dir(Path::new("/"), &md);
+            self.root_dev = md.dev();
+            return self.dir(Path::new("/"))?.ok_or_else(nothing_readable);
         }
         // Ancestor directories, keyed by path, with the nodes under them.
         let mut groups: BTreeMap<PathBuf, Vec<Node>> = BTreeMap::new();
         for p in paths {
             let md = std::fs::symlink_metadata(p)
                 .map_err(|e| RepoError::Config(format!("{}: {e}", p.display())))?;
+            self.root_dev = md.dev();
             if let Some(n) = self.entry(p, md)? {
                 groups
                     .entry(p.parent().unwrap_or(Path::new("/")).to_path_buf())
@@ -202,7 +207,7 @@ impl Walker {
                 .max_by_key(|p| p.components().count())
                 .cloned()
             else {
-                unreachable!("paths is not empty")
+                return Err(nothing_readable());
             };
             let mut nodes = groups.remove(&deepest).expect("key exists");
             let tree = self.store_tree(&mut nodes)?;
@@ -266,21 +271,21 @@ impl Walker {
     fn entry(&mut self, path: &Path, md: Metadata) -> Result<Option<Node>> {
         let ft = md.file_type();
         let (kind, body) = if ft.is_dir() {
-            if self.one_fs.is_some_and(|d| d != md.dev()) {
+            if self.one_fs && self.root_dev != md.dev() {
                 let empty = self.store_tree(&mut [])?;
                 (NodeKind::Dir, Body::Dir(empty))
             } else {
-                match self.dir(path, &md) {
-                    Ok(t) => (NodeKind::Dir, Body::Dir(t)),
-                    Err(RepoError::Config(_)) => return Ok(None), // reported in dir()
-                    Err(e) => return Err(e),
+                match self.dir(path)? {
+                    Some(t) => (NodeKind::Dir, Body::Dir(t)),
+                    None => return Ok(None), // unreadable, reported in dir()
                 }
             }
         } else if ft.is_file() {
             // A single file given as a backup path.
             let (tx, rx) = unbounded();
             self.submit(path, md.clone(), 0, &tx)?;
-            match rx.recv().expect("worker replies") {
+            drop(tx);
+            match rx.recv().map_err(|_| workers_gone())? {
                 (_, Ok((segs, _))) => (NodeKind::File, Body::File(segs)),
                 (_, Err(FileError::Skip(e))) => {
                     report(&self.counters, path, &e);
@@ -307,6 +312,12 @@ impl Walker {
             (NodeKind::Fifo, Body::Special)
         } else {
             (NodeKind::Socket, Body::Special)
+        };
+        // Reading a link's target updates its atime: take the metadata
+        // after it, so the next backup sees the same node and tree.
+        let md = match kind {
+            NodeKind::Symlink => std::fs::symlink_metadata(path).unwrap_or(md),
+            _ => md,
         };
         Ok(Some(self.node(path, &md, kind, body)))
     }
@@ -357,14 +368,14 @@ impl Walker {
     }
 
     /// Stores the tree of directory `path`. An unreadable directory is
-    /// reported and yields `RepoError::Config` so the caller leaves it out.
-    fn dir(&mut self, path: &Path, _md: &Metadata) -> Result<BlobId> {
+    /// reported and yields `None`, so the caller leaves it out.
+    fn dir(&mut self, path: &Path) -> Result<Option<BlobId>> {
         self.counters.dirs.fetch_add(1, Ordering::Relaxed);
         let names = match fsmeta::read_dir_names(path) {
             Ok(n) => n,
             Err(e) => {
                 report(&self.counters, path, &e);
-                return Err(RepoError::Config(String::new()));
+                return Ok(None);
             }
         };
         let (tx, rx) = unbounded();
@@ -404,8 +415,9 @@ impl Walker {
             }
         }
         let mut fatal = None;
+        drop(tx); // a reply channel that closes early means a worker died
         for _ in 0..pending {
-            let (slot, res) = rx.recv().expect("every queued file gets a reply");
+            let (slot, res) = rx.recv().map_err(|_| workers_gone())?;
             match res {
                 Ok((segs, len)) => {
                     let n = nodes[slot].as_mut().expect("slot holds a file node");
@@ -427,7 +439,7 @@ impl Walker {
             return Err(e);
         }
         let mut nodes: Vec<Node> = nodes.into_iter().flatten().collect();
-        self.store_tree(&mut nodes)
+        self.store_tree(&mut nodes).map(Some)
     }
 
     fn store_tree(&mut self, nodes: &mut [Node]) -> Result<BlobId> {

@@ -14,7 +14,8 @@ Exit codes:
   3    backup saved, but some files or directories could not be read and were left out
   10   no repository at the given location
   12   wrong password
-  130  interrupted
+
+A backup that is interrupted or killed saves no revision; the next one reuses what it stored.
 
 Environment:
   TIERVAULT_PASSWORD_FILE  file whose first line is the repository password
@@ -37,7 +38,7 @@ pub struct Cli {
     #[arg(short = 'r', long = "repo", value_name = "LOCATION", global = true)]
     pub repo: Vec<String>,
 
-    /// TOML file naming the tiers and other settings, instead of -r
+    /// TOML file naming the tiers and other settings; its tiers come after any given with -r
     #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
 
@@ -45,7 +46,7 @@ pub struct Cli {
     #[arg(long, value_name = "COMMAND", global = true)]
     pub password_command: Option<String>,
 
-    /// Directory for the local index and caches (default: $TIERVAULT_CACHE_DIR, else the XDG cache dir)
+    /// Directory for the local index and caches (default: $TIERVAULT_CACHE_DIR, then the config file, then the XDG cache dir)
     #[arg(long, value_name = "DIR", global = true)]
     pub cache_dir: Option<PathBuf>,
 

@@ -149,8 +149,10 @@ pub fn check(s: &Settings, a: &CheckArgs) -> anyhow::Result<i32> {
                    "packs_read": r.packs_read, "errors": r.errors, "notes": r.notes})
         );
     } else {
-        for n in &r.notes {
-            println!("note: {n}");
+        if !s.quiet {
+            for n in &r.notes {
+                println!("note: {n}");
+            }
         }
         for e in &r.errors {
             eprintln!("error: {e}");

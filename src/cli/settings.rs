@@ -7,6 +7,7 @@ use serde::Deserialize;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tiervault::format::names;
 use tiervault::repo::{default_cache_root, RepoError, Repository};
 use tiervault::tier::{open_location, TierSet};
 
@@ -58,21 +59,24 @@ impl Settings {
         };
         let mut tiers = cli.repo.clone();
         tiers.extend(cfg.tier.into_iter().map(|t| t.location));
-        let password = if let Some(c) = cli.password_command.clone().or(cfg.password_command) {
+        // Flags beat the environment, which beats the config file.
+        let password = if let Some(c) = cli.password_command.clone() {
             PasswordSource::Command(c)
-        } else if let Some(f) = std::env::var_os("TIERVAULT_PASSWORD_FILE")
-            .map(PathBuf::from)
-            .or(cfg.password_file)
-        {
-            PasswordSource::File(f)
+        } else if let Some(f) = std::env::var_os("TIERVAULT_PASSWORD_FILE") {
+            PasswordSource::File(f.into())
         } else if let Ok(v) = std::env::var("TIERVAULT_PASSWORD") {
             PasswordSource::Value(v)
+        } else if let Some(c) = cfg.password_command {
+            PasswordSource::Command(c)
+        } else if let Some(f) = cfg.password_file {
+            PasswordSource::File(f)
         } else {
             PasswordSource::Prompt
         };
         let cache_root = cli
             .cache_dir
             .clone()
+            .or_else(|| std::env::var_os("TIERVAULT_CACHE_DIR").map(PathBuf::from))
             .or(cfg.cache_dir)
             .unwrap_or_else(default_cache_root);
         Ok(Self {
@@ -84,7 +88,7 @@ impl Settings {
         })
     }
 
-    /// The tiers as one store.
+    /// The tiers as one store, for `init`.
     pub fn store(&self) -> anyhow::Result<TierSet> {
         if self.tiers.is_empty() {
             bail!(
@@ -99,8 +103,38 @@ impl Settings {
         Ok(TierSet::new(tiers))
     }
 
+    /// Opens the repository on the tiers that hold it. A tier without a
+    /// repository (an unmounted share, a wrong path) is left out with a
+    /// warning, so nothing is written into an empty mount point.
     pub fn open(&self) -> anyhow::Result<Arc<Repository>> {
-        let store = self.store()?;
+        if self.tiers.is_empty() {
+            bail!(
+                "no repository given: name one with -r LOCATION (once per tier) or --config FILE"
+            );
+        }
+        let mut tiers = Vec::new();
+        let mut missing = Vec::new();
+        for loc in &self.tiers {
+            let t = open_location(loc)?;
+            match t.stat(names::CONFIG) {
+                Ok(Some(_)) => tiers.push(t),
+                Ok(None) => missing.push(t),
+                Err(e) => eprintln!("warning: {e}; carrying on without this tier"),
+            }
+        }
+        if tiers.is_empty() {
+            let loc = missing
+                .first()
+                .map_or_else(|| self.tiers[0].clone(), |t| t.name().to_string());
+            return Err(RepoError::NotARepository(loc).into());
+        }
+        for t in &missing {
+            eprintln!(
+                "warning: tier {} holds no repository (unmounted, or not initialised); carrying on without it",
+                t.name()
+            );
+        }
+        let store = TierSet::new(tiers);
         Ok(Arc::new(Repository::open(
             Box::new(store),
             &|| self.password(false),

@@ -76,35 +76,39 @@ impl Chunker {
     }
 
     /// Reads `len` bytes from `r` and calls `f` with each chunk in order.
-    /// Holds at most `2 * MAX_SIZE` bytes.
+    /// Holds at most `2 * MAX_SIZE` bytes; each byte is copied at most
+    /// twice (out into its chunk, and once when the window slides).
     pub fn stream<R: std::io::Read>(
         &self,
         r: &mut R,
         mut len: u64,
         mut f: impl FnMut(Vec<u8>) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
-        let mut buf: Vec<u8> = Vec::with_capacity(2 * MAX_SIZE);
+        let mut buf = vec![0u8; (2 * MAX_SIZE as u64).min(len) as usize];
+        let (mut start, mut end) = (0usize, 0usize);
         loop {
-            // Fill until a full MAX_SIZE window is available or input ends.
-            while buf.len() < MAX_SIZE && len > 0 {
-                let want = (2 * MAX_SIZE - buf.len()).min(len as usize);
-                let old = buf.len();
-                buf.resize(old + want, 0);
-                let got = read_full(r, &mut buf[old..])?;
-                buf.truncate(old + got);
-                if got < want {
-                    len = 0; // the file shrank while we read it
-                } else {
-                    len -= got as u64;
+            // Refill once less than a full MAX_SIZE window remains.
+            if end - start < MAX_SIZE && len > 0 {
+                buf.copy_within(start..end, 0);
+                end -= start;
+                start = 0;
+                while end < buf.len() && len > 0 {
+                    let want = ((buf.len() - end) as u64).min(len) as usize;
+                    let got = read_full(r, &mut buf[end..end + want])?;
+                    end += got;
+                    if got < want {
+                        len = 0; // the file shrank while we read it
+                    } else {
+                        len -= got as u64;
+                    }
                 }
             }
-            if buf.is_empty() {
+            if start == end {
                 return Ok(());
             }
-            let c = self.cut(&buf);
-            let rest = buf.split_off(c);
-            f(std::mem::replace(&mut buf, rest))?;
-            buf.reserve(2 * MAX_SIZE - buf.len());
+            let c = self.cut(&buf[start..end]);
+            f(buf[start..start + c].to_vec())?;
+            start += c;
         }
     }
 }

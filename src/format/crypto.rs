@@ -214,6 +214,14 @@ impl KeyFile {
         let plain = match self.kdf.as_str() {
             "none" => blob,
             "argon2id" => {
+                // A hostile key file must not make us allocate or spin
+                // without bound: 4 GiB and 64 passes are far above any
+                // sensible setting.
+                if self.m_cost_kib > 4 << 20 || self.t_cost > 64 || self.p_cost > 64 {
+                    return Err(FormatError::Invalid(
+                        "key derivation parameters out of range",
+                    ));
+                }
                 let salt = hex::decode(&self.salt)
                     .map_err(|_| FormatError::Invalid("key file salt is not hex"))?;
                 let p = KdfParams {

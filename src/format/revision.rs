@@ -90,6 +90,9 @@ impl Revision {
             sec: d.i64()?,
             nsec: d.u32()?,
         };
+        if time.nsec >= 1_000_000_000 || end_time.nsec >= 1_000_000_000 {
+            return Err(FormatError::Invalid("nanoseconds out of range"));
+        }
         let host = utf8(d.bytes()?)?;
         let user = utf8(d.bytes()?)?;
         let paths = (0..d.count(1)?)

@@ -248,7 +248,7 @@ fn decode_node(d: &mut Dec) -> Result<Node, FormatError> {
     let body = match kind {
         NodeKind::File => {
             let segs = decode_segments(d)?;
-            if segs.iter().map(Segment::len).sum::<u64>() != m.size {
+            if segs.iter().try_fold(0u64, |a, s| a.checked_add(s.len())) != Some(m.size) {
                 return Err(FormatError::Invalid(
                     "file segments do not add up to its size",
                 ));

@@ -186,24 +186,32 @@ impl Index {
     }
 
     pub fn pack_len(&self, pack: &BlobId) -> Result<Option<u64>, IndexError> {
-        Ok(self.get("packs", &pack.0)?.and_then(|v| {
-            v.get(..8)
-                .map(|b| u64::from_le_bytes(b.try_into().expect("8")))
-        }))
+        Ok(self.pack_state(pack)?.map(|(len, _)| len))
     }
 
-    /// Packs stored by this machine that no index file on the tiers covers.
-    pub fn unindexed_packs(&self) -> Result<Vec<BlobId>, IndexError> {
+    /// A pack's length, and whether an index file on the tiers covers it.
+    pub fn pack_state(&self, pack: &BlobId) -> Result<Option<(u64, bool)>, IndexError> {
+        let Some(v) = self.get("packs", &pack.0)? else {
+            return Ok(None);
+        };
+        let len = u64::from_le_bytes(
+            v.get(..8)
+                .and_then(|b| b.try_into().ok())
+                .ok_or(FormatError::Truncated)?,
+        );
+        Ok(Some((len, v.get(8) == Some(&1))))
+    }
+
+    /// Every pack the local index knows.
+    pub fn packs(&self) -> Result<Vec<BlobId>, IndexError> {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf("packs"), IteratorMode::Start) {
-            let (k, v) = item.map_err(|e| self.rerr(e))?;
-            if v.get(8) == Some(&0) {
-                out.push(BlobId(
-                    k.as_ref()
-                        .try_into()
-                        .map_err(|_| FormatError::Invalid("pack key length"))?,
-                ));
-            }
+            let (k, _) = item.map_err(|e| self.rerr(e))?;
+            out.push(BlobId(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| FormatError::Invalid("pack key length"))?,
+            ));
         }
         Ok(out)
     }

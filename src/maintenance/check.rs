@@ -229,7 +229,15 @@ fn read_pack(repo: &Repository, id: &BlobId, known: &Known) -> Vec<String> {
     };
     let mut errs = Vec::new();
     for e in &entries {
-        let stored = &bytes[e.offset as usize..(e.offset + e.stored_len) as usize];
+        // parse_pack checked the range; compute it without u32 overflow.
+        let Some(stored) = bytes.get(e.offset as usize..e.offset as usize + e.stored_len as usize)
+        else {
+            errs.push(format!(
+                "{key}: blob {} lies outside the pack",
+                e.id.short()
+            ));
+            continue;
+        };
         if let Err(err) = pack::open_blob(repo.keys(), e, stored) {
             errs.push(format!("{key}: blob {}: {err}", e.id.short()));
         }

@@ -44,6 +44,8 @@ pub enum RepoError {
     Ambiguous(String),
     #[error("{0}")]
     Config(String),
+    #[error("storing data failed: {0}")]
+    WriteFailed(String),
 }
 
 pub type Result<T, E = RepoError> = std::result::Result<T, E>;
@@ -101,6 +103,13 @@ pub fn default_cache_root() -> PathBuf {
     Path::new(&home).join(".cache/tiervault")
 }
 
+/// Every blob of an index entry lies inside its pack.
+fn entries_fit(p: &indexfile::PackIndex) -> bool {
+    p.blobs
+        .iter()
+        .all(|b| u64::from(b.offset) + u64::from(b.stored_len) <= p.pack_len)
+}
+
 fn format_err(object: String) -> impl FnOnce(FormatError) -> RepoError {
     move |err| RepoError::Corrupt { object, err }
 }
@@ -116,6 +125,14 @@ impl Repository {
     ) -> Result<Self> {
         if store.stat(names::CONFIG)?.is_some() {
             return Err(RepoError::AlreadyExists(store.name().to_string()));
+        }
+        if !store.list("keys/")?.is_empty() {
+            // An init that died before writing `config`: a second master key
+            // beside the first would make the repository ambiguous.
+            return Err(RepoError::Config(format!(
+                "{} holds key files but no config: an earlier init was interrupted; remove that directory's contents and run init again",
+                store.name()
+            )));
         }
         let keys = Keys::random(password.is_some());
         let created = crate::timefmt::rfc3339(now());
@@ -155,6 +172,8 @@ impl Repository {
             Err(e) if e.is_not_found() => return Err(RepoError::NotARepository(loc)),
             Err(e) => return Err(e.into()),
         };
+        // A `config` that is not ours means this is not a repository (a
+        // directory that happens to hold such a file), not a damaged one.
         let config: RepoConfig =
             serde_json::from_slice(&raw).map_err(|_| RepoError::NotARepository(loc.clone()))?;
         if config.version > FORMAT_VERSION {
@@ -166,37 +185,57 @@ impl Repository {
                 },
             });
         }
-        let encrypted = config.encryption != "none";
         let mut key_files = Vec::new();
+        let mut bad_keys = Vec::new();
         for obj in store.list("keys/")? {
             let b = store.get(&obj.key)?;
-            let kf: KeyFile = serde_json::from_slice(&b).map_err(|_| RepoError::Corrupt {
-                object: obj.key.clone(),
-                err: FormatError::Invalid("key file is not JSON"),
-            })?;
-            key_files.push((obj.key, kf));
+            match serde_json::from_slice::<KeyFile>(&b) {
+                Ok(kf) => key_files.push((obj.key, kf)),
+                Err(_) => bad_keys.push(obj.key),
+            }
         }
         if key_files.is_empty() {
             return Err(RepoError::Corrupt {
-                object: "keys/".into(),
-                err: FormatError::Invalid("no key files"),
+                object: format!("{loc}/keys/"),
+                err: FormatError::Invalid("no readable key file"),
             });
+        }
+        for k in &bad_keys {
+            eprintln!("warning: {k} is not a key file; ignored");
         }
         let pw = if key_files.iter().any(|(_, k)| k.needs_password()) {
             Some(password()?)
         } else {
             None
         };
+        let mut last_err = None;
         for (name, kf) in &key_files {
-            if let Some(master) = kf
-                .unwrap_master(pw.as_deref())
-                .map_err(format_err(name.clone()))?
-            {
-                let keys = Keys::from_master(master, encrypted);
-                return Self::finish_open(store, keys, config, cache_root);
+            match kf.unwrap_master(pw.as_deref()) {
+                Ok(Some(master)) => {
+                    // Encryption follows the key, never the unauthenticated
+                    // config alone: a tampered config cannot turn it off.
+                    let encrypted = kf.needs_password();
+                    if encrypted != (config.encryption != "none") {
+                        return Err(RepoError::Corrupt {
+                            object: format!("{loc}/config"),
+                            err: FormatError::Invalid(
+                                "config and key file disagree about encryption",
+                            ),
+                        });
+                    }
+                    let keys = Keys::from_master(master, encrypted);
+                    return Self::finish_open(store, keys, config, cache_root);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    last_err = Some(RepoError::Corrupt {
+                        object: name.clone(),
+                        err: e,
+                    })
+                }
             }
         }
-        Err(RepoError::WrongPassword(loc))
+        Err(last_err.unwrap_or(RepoError::WrongPassword(loc)))
     }
 
     fn finish_open(
@@ -247,8 +286,18 @@ impl Repository {
                 continue;
             }
             let stored = self.store.get(&obj.key)?;
-            let packs =
-                indexfile::open(&self.keys, &id, &stored).map_err(format_err(obj.key.clone()))?;
+            let packs = match indexfile::open(&self.keys, &id, &stored) {
+                Ok(p) if p.iter().all(entries_fit) => p,
+                Ok(_) | Err(_) => {
+                    // Packs carry their own headers: a damaged index file
+                    // costs speed, not data. `check` reports it.
+                    eprintln!(
+                        "warning: {} is damaged and was skipped; run `tiervault check`",
+                        obj.key
+                    );
+                    continue;
+                }
+            };
             for p in &packs {
                 self.index.add_pack(&p.pack, p.pack_len, &p.blobs, true)?;
             }
@@ -282,11 +331,33 @@ impl Repository {
             }
         };
         let key = names::pack(&loc.pack);
-        let stored =
-            self.store
-                .get_range(&key, loc.entry.offset.into(), loc.entry.stored_len.into())?;
-        open_blob(&self.keys, &loc.entry, &stored)
-            .map_err(format_err(format!("blob {} in {key}", id.short())))
+        let mut plain = None;
+        let mut last = None;
+        let res = self.store.get_range_checked(
+            &key,
+            loc.entry.offset.into(),
+            loc.entry.stored_len.into(),
+            &mut |stored| match open_blob(&self.keys, &loc.entry, stored) {
+                Ok(p) => {
+                    plain = Some(p);
+                    Ok(())
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    last = Some(e);
+                    Err(msg)
+                }
+            },
+        );
+        match (res, plain, last) {
+            (Ok(()), Some(p), _) => Ok(p),
+            (_, _, Some(err)) => Err(RepoError::Corrupt {
+                object: format!("blob {} in {key}", id.short()),
+                err,
+            }),
+            (Err(e), _, None) => Err(e.into()),
+            (Ok(()), None, None) => unreachable!("accept returned Ok without keeping the blob"),
+        }
     }
 
     /// A directory's nodes, from the local tree cache or the tiers.

@@ -33,7 +33,10 @@ pub struct WriterStats {
 struct Shared {
     repo: Arc<Repository>,
     pending: Mutex<HashSet<BlobId>>,
+    /// The first failure. It stays set: once a pack could not be stored,
+    /// nothing more is written and `finish` reports it.
     error: Mutex<Option<RepoError>>,
+    failed: std::sync::atomic::AtomicBool,
     stats: Arc<WriterStats>,
 }
 
@@ -43,9 +46,19 @@ impl Shared {
         if g.is_none() {
             *g = Some(e);
         }
+        self.failed.store(true, Ordering::SeqCst);
     }
     fn failed(&self) -> bool {
-        self.error.lock().expect("error lock").is_some()
+        self.failed.load(Ordering::SeqCst)
+    }
+    /// A copy of the failure for callers of `add`; `finish` returns the
+    /// original.
+    fn failure(&self) -> RepoError {
+        let g = self.error.lock().expect("error lock");
+        RepoError::WriteFailed(g.as_ref().map_or_else(
+            || "the blob writer stopped".to_string(),
+            ToString::to_string,
+        ))
     }
 }
 
@@ -69,6 +82,7 @@ impl BlobWriter {
             repo,
             pending: Mutex::new(HashSet::new()),
             error: Mutex::new(None),
+            failed: std::sync::atomic::AtomicBool::new(false),
             stats: Arc::default(),
         });
         let (tx, rx) = bounded::<(BlobType, BlobId, Vec<u8>)>(8);
@@ -99,7 +113,7 @@ impl BlobWriter {
     /// Returns whether it was new.
     pub fn add(&self, kind: BlobType, id: BlobId, plain: Vec<u8>) -> Result<bool> {
         if self.shared.failed() {
-            return Err(self.take_error());
+            return Err(self.shared.failure());
         }
         {
             let mut p = self.shared.pending.lock().expect("pending lock");
@@ -118,18 +132,9 @@ impl BlobWriter {
             .fetch_add(plain.len() as u64, Ordering::Relaxed);
         let tx = self.tx.as_ref().expect("writer not finished");
         if tx.send((kind, id, plain)).is_err() {
-            return Err(self.take_error());
+            return Err(self.shared.failure());
         }
         Ok(true)
-    }
-
-    fn take_error(&self) -> RepoError {
-        self.shared
-            .error
-            .lock()
-            .expect("error lock")
-            .take()
-            .unwrap_or_else(|| RepoError::Config("the blob writer stopped".into()))
     }
 
     /// Flushes the last pack and the index file; returns once every blob
@@ -241,20 +246,52 @@ pub fn write_index(repo: &Repository, packs: &[PackIndex]) -> Result<()> {
     Ok(())
 }
 
-/// Covers packs left unindexed by an interrupted run with an index file,
-/// reading each one's header from the tiers.
-pub fn index_leftover_packs(repo: &Repository) -> Result<usize> {
+/// Brings the local index in line with the tiers before a backup, so that
+/// deduplication never trusts data the tiers no longer hold:
+/// - if the index names a pack that no tier lists, it is rebuilt from the
+///   tiers;
+/// - every pack that no index file names yet (left by an interrupted run,
+///   on this machine or another) is adopted: its header is read and an
+///   index file covering it is written.
+///
+/// Returns how many packs were adopted.
+pub fn adopt_unindexed_packs(repo: &Repository) -> Result<usize> {
+    let listed: std::collections::HashMap<BlobId, u64> = repo
+        .store()
+        .list("data/")?
+        .into_iter()
+        .filter_map(|o| Some((o.key.rsplit('/').next().and_then(BlobId::from_hex)?, o.size)))
+        .collect();
+    let local = repo.index().packs()?;
+    if let Some(gone) = local.iter().find(|p| !listed.contains_key(p)) {
+        eprintln!(
+            "warning: the local cache names {} which no tier holds; rebuilding the cache from the tiers",
+            names::pack(gone)
+        );
+        repo.index().clear_blobs()?;
+        repo.sync_index()?;
+    }
     let mut packs = Vec::new();
-    for pack in repo.index().unindexed_packs()? {
-        let Some(len) = repo.index().pack_len(&pack)? else {
-            continue;
+    for (pack, &len) in &listed {
+        let indexed = match repo.index().pack_state(pack)? {
+            Some((_, indexed)) => indexed,
+            None => false,
         };
-        let blobs = repo.read_pack_header(&pack, len)?;
-        packs.push(PackIndex {
-            pack,
-            pack_len: len,
-            blobs,
-        });
+        if indexed {
+            continue;
+        }
+        match repo.read_pack_header(pack, len) {
+            Ok(blobs) => {
+                repo.index().add_pack(pack, len, &blobs, false)?;
+                packs.push(PackIndex {
+                    pack: *pack,
+                    pack_len: len,
+                    blobs,
+                });
+            }
+            // A damaged leftover is not adopted; `check` reports it.
+            Err(e) => eprintln!("warning: {}: {e}; not reused", names::pack(pack)),
+        }
     }
     if !packs.is_empty() {
         write_index(repo, &packs)?;

@@ -56,7 +56,9 @@ fn write_content(repo: &Repository, path: &Path, node: &Node) -> anyhow::Result<
 
 static CHOWN_WARNED: AtomicBool = AtomicBool::new(false);
 
-/// Owner, mode, xattrs, then times. Failures are reported, counted as
+/// Owner, xattrs, mode, then times: xattrs before the mode, because
+/// setting `user.*` xattrs needs write permission that a read-only mode
+/// would take away from a non-root user. Failures are reported, counted as
 /// warnings, and do not stop the restore.
 pub(crate) fn restore_metadata(path: &Path, node: &Node, c: &Counters) {
     let m = &node.meta;
@@ -74,14 +76,14 @@ pub(crate) fn restore_metadata(path: &Path, node: &Node, c: &Counters) {
             warn("owner", e);
         }
     }
-    if node.kind != NodeKind::Symlink {
-        if let Err(e) = fsmeta::chmod(path, m.mode) {
-            warn("mode", e);
-        }
-    }
     for (k, v) in &m.xattrs {
         if let Err(e) = fsmeta::set_xattr(path, k, v) {
             warn(&format!("xattr {}", String::from_utf8_lossy(k)), e);
+        }
+    }
+    if node.kind != NodeKind::Symlink {
+        if let Err(e) = fsmeta::chmod(path, m.mode) {
+            warn("mode", e);
         }
     }
     if let Err(e) = fsmeta::set_times(path, m.atime, m.mtime) {

@@ -2,11 +2,11 @@
 //! all metadata, verifying every blob.
 //!
 //! Order matters for faithful metadata:
-//! 1. the walker creates directories (private until the end), symlinks and
+//! 1. the walker creates directories, symlinks and
 //!    special files, and queues regular files;
 //! 2. workers write file contents (skipping holes, so sparse files stay
-//!    sparse), then owner, mode (after owner, which clears set-id bits),
-//!    xattrs and times;
+//!    sparse), then owner, xattrs, mode (after owner, which clears set-id
+//!    bits) and times;
 //! 3. hardlinks are made once every file exists;
 //! 4. directory metadata is applied deepest first, times last, so creating
 //!    children does not disturb a parent's mtime.
@@ -256,7 +256,14 @@ impl Walk<'_> {
 fn ensure_dir(p: &Path) -> Result<()> {
     match std::fs::create_dir(p) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => Ok(()),
+        // An existing directory, but never a symlink to one: restoring
+        // must not write outside the target.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::AlreadyExists
+                && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) =>
+        {
+            Ok(())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(p)
             .map_err(|e| RepoError::Config(format!("cannot create {}: {e}", p.display()))),
         Err(e) => Err(RepoError::Config(format!(

@@ -36,6 +36,12 @@ pub enum TierError {
     Offline { tier: String, reason: String },
     #[error("no tier could store {key}: {errors}")]
     AllFailed { key: String, errors: String },
+    #[error("tier {tier} holds a damaged copy of {key}: {msg}")]
+    Corrupt {
+        tier: String,
+        key: String,
+        msg: String,
+    },
     #[error("location {0:?} is not supported by this build: give a local directory path")]
     UnsupportedLocation(String),
 }
@@ -66,6 +72,24 @@ pub trait Tier: Send + Sync {
     /// Size of an object, or `None` when it does not exist.
     fn stat(&self, key: &str) -> Result<Option<u64>, TierError>;
     fn delete(&self, key: &str) -> Result<(), TierError>;
+
+    /// Reads a range and hands it to `accept`, which verifies (and keeps)
+    /// it. A set of tiers tries the next tier when the bytes are rejected,
+    /// so a damaged copy on one tier is invisible to the caller.
+    fn get_range_checked(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+        accept: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<(), TierError> {
+        let bytes = self.get_range(key, offset, len)?;
+        accept(&bytes).map_err(|msg| TierError::Corrupt {
+            tier: self.name().to_string(),
+            key: key.to_string(),
+            msg,
+        })
+    }
 }
 
 /// Opens the backend for one `-r` location.

@@ -34,7 +34,10 @@ impl TierSet {
     /// Tries `op` on each tier in read order; returns the first success. When
     /// every tier fails, returns the most telling error: a real failure
     /// rather than "not found" when there is one.
-    fn read<T>(&self, op: impl Fn(&dyn Tier) -> Result<T, TierError>) -> Result<T, TierError> {
+    fn read<T>(
+        &self,
+        mut op: impl FnMut(&dyn Tier) -> Result<T, TierError>,
+    ) -> Result<T, TierError> {
         let mut first_err: Option<TierError> = None;
         for t in &self.tiers {
             match op(t.as_ref()) {
@@ -101,14 +104,56 @@ impl Tier for TierSet {
     fn put(&self, key: &str, data: &[u8]) -> Result<(), TierError> {
         self.write(key, |t| t.put(key, data))
     }
+    /// The union of every tier's listing, so an object that only some
+    /// tiers hold (after a failed write) is still found.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, TierError> {
-        self.read(|t| t.list(prefix))
+        let mut seen = std::collections::HashMap::new();
+        let mut ok = false;
+        let mut first_err = None;
+        for t in &self.tiers {
+            match t.list(prefix) {
+                Ok(objs) => {
+                    ok = true;
+                    for o in objs {
+                        seen.entry(o.key.clone()).or_insert(o);
+                    }
+                }
+                Err(e) => {
+                    eprintln!("warning: {e}; listing the other tiers");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match (ok, first_err) {
+            (false, Some(e)) => Err(e),
+            _ => Ok(seen.into_values().collect()),
+        }
     }
     fn stat(&self, key: &str) -> Result<Option<u64>, TierError> {
-        self.read(|t| t.stat(key))
+        let found = self.read(|t| match t.stat(key)? {
+            Some(n) => Ok(n),
+            None => Err(TierError::NotFound {
+                tier: t.name().to_string(),
+                key: key.to_string(),
+            }),
+        });
+        match found {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
     fn delete(&self, key: &str) -> Result<(), TierError> {
         self.write(key, |t| t.delete(key))
+    }
+    fn get_range_checked(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+        accept: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<(), TierError> {
+        self.read(|t| t.get_range_checked(key, offset, len, accept))
     }
 }
 

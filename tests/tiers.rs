@@ -1,0 +1,135 @@
+//! Two local tiers: a damaged copy on one is invisible to restore, `check`
+//! on that tier alone names it, and a tier that holds no repository (an
+//! unmounted share) is left out instead of written into.
+
+mod common;
+
+use common::{json, Env};
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+fn tv(tiers: &[&Path], cache: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tiervault"));
+    for t in tiers {
+        c.arg("-r").arg(t);
+    }
+    c.env("TIERVAULT_CACHE_DIR", cache)
+        .env("TIERVAULT_PASSWORD", common::PASSWORD);
+    c
+}
+
+fn ok(c: &mut Command) -> std::process::Output {
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{:?} failed: {}",
+        c,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn files_under(p: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(files_under(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+fn random_file(p: &Path, len: usize) {
+    let mut v = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(p.as_os_str().as_encoded_bytes())
+        .finalize_xof()
+        .fill(&mut v);
+    fs::write(p, v).unwrap();
+}
+
+#[test]
+fn a_damaged_copy_on_one_tier_is_read_from_the_other() {
+    let env = Env::new();
+    let (a, b) = (env.path("tier-a"), env.path("tier-b"));
+    let cache = env.path("cache");
+    ok(tv(&[&a, &b], &cache).args(["init", "--kdf-memory", "1024", "--kdf-iterations", "1"]));
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    random_file(&src.join("f"), 3 << 20);
+    ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+    // Both tiers hold the same complete repository.
+    let rel = |root: &Path| -> Vec<_> {
+        let mut v: Vec<_> = files_under(root)
+            .iter()
+            .map(|p| p.strip_prefix(root).unwrap().to_path_buf())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(rel(&a), rel(&b));
+
+    let pack = files_under(&a.join("data"))
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = fs::read(&pack).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 1;
+    fs::write(&pack, bytes).unwrap();
+
+    let dst = env.path("dst");
+    let o = ok(tv(&[&a, &b], &cache)
+        .args(["restore", &format!("latest:{}", src.display()), "--target"])
+        .arg(&dst));
+    assert_eq!(
+        fs::read(dst.join("f")).unwrap(),
+        fs::read(src.join("f")).unwrap()
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("damaged copy") && err.contains(a.to_str().unwrap()),
+        "the bad copy was not reported: {err}"
+    );
+
+    // Checked alone, the damaged tier names the pack; the good one passes.
+    let o = tv(&[&a], &env.path("cache-a"))
+        .args(["check", "--read-data"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let name = pack.file_name().unwrap().to_str().unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains(name));
+    ok(tv(&[&b], &env.path("cache-b")).args(["check", "--read-data"]));
+}
+
+#[test]
+fn a_tier_without_a_repository_is_left_out() {
+    let env = Env::new();
+    let (a, b) = (env.path("tier-a"), env.path("mnt-share"));
+    let cache = env.path("cache");
+    ok(tv(&[&a], &cache).args(["init", "--kdf-memory", "1024", "--kdf-iterations", "1"]));
+    fs::create_dir_all(&b).unwrap(); // an empty mount point
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), "x").unwrap();
+    let o = ok(tv(&[&b, &a], &cache).arg("backup").arg(&src));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("holds no repository"));
+    assert_eq!(
+        fs::read_dir(&b).unwrap().count(),
+        0,
+        "data was written into an empty mount point"
+    );
+    let revs = json(
+        &String::from_utf8(ok(tv(&[&b, &a], &cache).args(["--json", "revisions"])).stdout).unwrap(),
+    );
+    assert_eq!(revs.as_array().unwrap().len(), 1);
+    // init refuses when any tier already holds a repository.
+    let o = tv(&[&b, &a], &cache).args(["init"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
+}
