@@ -300,3 +300,63 @@ fn comparator_detects_each_kind_of_difference() {
         );
     }
 }
+
+#[test]
+fn restore_into_a_symlinked_target() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/f"), "x").unwrap();
+    env.ok(["backup", src.to_str().unwrap()]);
+    let real = env.path("real-target");
+    fs::create_dir_all(&real).unwrap();
+    let link = env.path("link-target");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    env.ok([
+        "restore",
+        &format!("latest:{}", src.display()),
+        "--target",
+        link.to_str().unwrap(),
+    ]);
+    assert_eq!(fs::read(real.join("d/f")).unwrap(), b"x");
+}
+
+#[test]
+fn a_pack_missing_from_the_tier_is_reported_once_and_never_deduplicated_against() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), vec![5u8; 1 << 20]).unwrap();
+    env.ok(["backup", src.to_str().unwrap()]);
+    let mut stack = vec![env.repo.join("data")];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p)
+            } else {
+                fs::remove_file(p).unwrap()
+            }
+        }
+    }
+    let o = env.run(["backup", src.to_str().unwrap()]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("missing from every tier"));
+    // The data was stored again, so the new revision restores.
+    let dst = env.path("dst");
+    env.ok([
+        "restore",
+        &format!("latest:{}", src.display()),
+        "--target",
+        dst.to_str().unwrap(),
+    ]);
+    assert_eq!(fs::read(dst.join("f")).unwrap(), vec![5u8; 1 << 20]);
+    let o = env.run(["backup", src.to_str().unwrap()]);
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("missing"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

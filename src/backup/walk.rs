@@ -8,6 +8,10 @@
 //!   reported and left out; the directory itself is still stored;
 //! - the file cache is trusted only when every blob it names is still in the
 //!   index (a killed run may have cached a file whose pack never landed).
+//!
+//! Sibling subdirectories are walked in parallel on a small thread pool with
+//! more threads than cores: on a cold cache, listing and stat'ing wait on
+//! the disk, and a single walker would leave both cores idle.
 
 use super::file::{read_file, stamp, FileError};
 use super::BackupOptions;
@@ -20,6 +24,7 @@ use crate::repo::writer::BlobWriter;
 use crate::repo::{RepoError, Repository, Result};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use globset::{Glob, GlobSet, GlobSetBuilder};
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::Metadata;
@@ -27,7 +32,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub struct Walked {
@@ -85,14 +90,15 @@ struct Counters {
     warnings: AtomicU64,
 }
 
+/// Threads listing and stat'ing directories.
+const WALK_THREADS: usize = 8;
+
 pub struct Walker {
     repo: Arc<Repository>,
     writer: Arc<BlobWriter>,
-    names: Names,
+    names: Mutex<Names>,
     excludes: GlobSet,
     one_fs: bool,
-    /// Device of the backup path being walked, for `--one-file-system`.
-    root_dev: u64,
     jobs: Sender<FileJob>,
     counters: Arc<Counters>,
 }
@@ -136,28 +142,28 @@ impl Walker {
             .collect();
         drop(jrx);
         let progress = opts.progress.then(|| spawn_progress(counters.clone()));
-        let mut w = Walker {
+        let w = Walker {
             repo,
             writer,
-            names: Names::default(),
+            names: Mutex::new(Names::default()),
             excludes,
             one_fs: opts.one_file_system,
-            root_dev: 0,
             jobs: jtx,
             counters: counters.clone(),
         };
         let paths = paths.to_vec();
-        // Deep trees recurse deeply: walk on a thread with a large stack.
-        let root = std::thread::Builder::new()
-            .stack_size(256 << 20)
-            .spawn(move || {
-                let r = w.root(&paths);
-                drop(w); // closes the job channel so the workers exit
-                r
-            })
-            .expect("spawn walker")
-            .join()
-            .unwrap_or_else(|_| Err(RepoError::Config("the backup walker panicked".into())));
+        // Deep trees recurse deeply: large stacks.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(WALK_THREADS)
+            .stack_size(64 << 20)
+            .thread_name(|i| format!("walk-{i}"))
+            .build()
+            .map_err(|e| RepoError::Config(format!("cannot start the walker threads: {e}")))?;
+        let root = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.install(|| w.root(&paths))
+        }))
+        .unwrap_or_else(|_| Err(RepoError::Config("the backup walker panicked".into())));
+        drop(w); // closes the job channel so the file workers exit
         for t in workers {
             let _ = t.join();
         }
@@ -180,20 +186,21 @@ impl Walker {
 
     /// Builds the revision's root tree from the backup paths and their
     /// ancestors.
-    fn root(&mut self, paths: &[PathBuf]) -> Result<BlobId> {
+    fn root(&self, paths: &[PathBuf]) -> Result<BlobId> {
         if paths.len() == 1 && paths[0] == Path::new("/") {
             let md =
                 std::fs::symlink_metadata("/").map_err(|e| RepoError::Config(format!("/: {e}")))?;
-            self.root_dev = md.dev();
-            return self.dir(Path::new("/"))?.ok_or_else(nothing_readable);
+            return self
+                .dir(Path::new("/"), md.dev())?
+                .ok_or_else(nothing_readable);
         }
         // Ancestor directories, keyed by path, with the nodes under them.
         let mut groups: BTreeMap<PathBuf, Vec<Node>> = BTreeMap::new();
         for p in paths {
             let md = std::fs::symlink_metadata(p)
                 .map_err(|e| RepoError::Config(format!("{}: {e}", p.display())))?;
-            self.root_dev = md.dev();
-            if let Some(n) = self.entry(p, md)? {
+            let dev = md.dev();
+            if let Some(n) = self.entry(p, md, dev)? {
                 groups
                     .entry(p.parent().unwrap_or(Path::new("/")).to_path_buf())
                     .or_default()
@@ -224,7 +231,7 @@ impl Walker {
         }
     }
 
-    fn node(&mut self, path: &Path, md: &Metadata, kind: NodeKind, body: Body) -> Node {
+    fn node(&self, path: &Path, md: &Metadata, kind: NodeKind, body: Body) -> Node {
         let xattrs = fsmeta::xattrs(path).unwrap_or_else(|e| {
             self.counters.warnings.fetch_add(1, Ordering::Relaxed);
             eprintln!(
@@ -238,12 +245,16 @@ impl Walker {
             Body::Symlink(t) => t.len() as u64,
             _ => 0,
         };
+        let (user, group) = {
+            let mut names = self.names.lock().expect("names lock");
+            (names.user(md.uid()), names.group(md.gid()))
+        };
         let meta = Meta {
             mode: md.mode() & 0o7777,
             uid: md.uid(),
             gid: md.gid(),
-            user: self.names.user(md.uid()),
-            group: self.names.group(md.gid()),
+            user,
+            group,
             mtime: stamp(md.mtime(), md.mtime_nsec()),
             atime: stamp(md.atime(), md.atime_nsec()),
             ctime: stamp(md.ctime(), md.ctime_nsec()),
@@ -268,14 +279,15 @@ impl Walker {
 
     /// A non-file entry, or a directory walked recursively. Regular files
     /// found directly in a directory go through `dir` and the workers.
-    fn entry(&mut self, path: &Path, md: Metadata) -> Result<Option<Node>> {
+    /// `root_dev` is the device of the backup path this entry sits under.
+    fn entry(&self, path: &Path, md: Metadata, root_dev: u64) -> Result<Option<Node>> {
         let ft = md.file_type();
         let (kind, body) = if ft.is_dir() {
-            if self.one_fs && self.root_dev != md.dev() {
+            if self.one_fs && root_dev != md.dev() {
                 let empty = self.store_tree(&mut [])?;
                 (NodeKind::Dir, Body::Dir(empty))
             } else {
-                match self.dir(path)? {
+                match self.dir(path, root_dev)? {
                     Some(t) => (NodeKind::Dir, Body::Dir(t)),
                     None => return Ok(None), // unreadable, reported in dir()
                 }
@@ -323,7 +335,7 @@ impl Walker {
     }
 
     fn submit(
-        &mut self,
+        &self,
         path: &Path,
         md: Metadata,
         slot: usize,
@@ -369,7 +381,7 @@ impl Walker {
 
     /// Stores the tree of directory `path`. An unreadable directory is
     /// reported and yields `None`, so the caller leaves it out.
-    fn dir(&mut self, path: &Path) -> Result<Option<BlobId>> {
+    fn dir(&self, path: &Path, root_dev: u64) -> Result<Option<BlobId>> {
         self.counters.dirs.fetch_add(1, Ordering::Relaxed);
         let names = match fsmeta::read_dir_names(path) {
             Ok(n) => n,
@@ -405,14 +417,16 @@ impl Walker {
                 pending += 1;
             } else if md.file_type().is_dir() {
                 subdirs.push((child, md));
-            } else if let Some(n) = self.entry(&child, md)? {
+            } else if let Some(n) = self.entry(&child, md, root_dev)? {
                 nodes.push(Some(n));
             }
         }
-        for (child, md) in subdirs {
-            if let Some(n) = self.entry(&child, md)? {
-                nodes.push(Some(n));
-            }
+        let sub: Vec<Result<Option<Node>>> = subdirs
+            .into_par_iter()
+            .map(|(child, md)| self.entry(&child, md, root_dev))
+            .collect();
+        for n in sub {
+            nodes.push(n?);
         }
         let mut fatal = None;
         drop(tx); // a reply channel that closes early means a worker died
@@ -442,7 +456,7 @@ impl Walker {
         self.store_tree(&mut nodes).map(Some)
     }
 
-    fn store_tree(&mut self, nodes: &mut [Node]) -> Result<BlobId> {
+    fn store_tree(&self, nodes: &mut [Node]) -> Result<BlobId> {
         let bytes = encode_tree(nodes);
         let id = self.repo.keys().blob_id(&bytes);
         self.writer.add(BlobType::Tree, id, bytes)?;

@@ -202,6 +202,22 @@ impl Index {
         Ok(Some((len, v.get(8) == Some(&1))))
     }
 
+    /// Removes packs, and the blobs they hold, from the index (a pack that
+    /// no tier holds any more). Scans the blob table: a rare repair path.
+    pub fn forget_packs(&self, gone: &std::collections::HashSet<BlobId>) -> Result<(), IndexError> {
+        let mut b = WriteBatch::default();
+        for item in self.db.iterator_cf(self.cf("blobs"), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.rerr(e))?;
+            if v.len() >= 32 && gone.contains(&BlobId(v[..32].try_into().expect("32 bytes"))) {
+                b.delete_cf(self.cf("blobs"), k);
+            }
+        }
+        for p in gone {
+            b.delete_cf(self.cf("packs"), p.0);
+        }
+        self.write(b)
+    }
+
     /// Every pack the local index knows.
     pub fn packs(&self) -> Result<Vec<BlobId>, IndexError> {
         let mut out = Vec::new();

@@ -270,6 +270,17 @@ pub fn adopt_unindexed_packs(repo: &Repository) -> Result<usize> {
         );
         repo.index().clear_blobs()?;
         repo.sync_index()?;
+        // Index files may still name missing packs; never dedup against them.
+        let missing: HashSet<BlobId> = repo
+            .index()
+            .packs()?
+            .into_iter()
+            .filter(|p| !listed.contains_key(p))
+            .collect();
+        if !missing.is_empty() {
+            eprintln!("warning: {} pack(s) named by index files are missing from every tier; run `tiervault check`", missing.len());
+            repo.index().forget_packs(&missing)?;
+        }
     }
     let mut packs = Vec::new();
     for (pack, &len) in &listed {

@@ -97,6 +97,10 @@ pub fn run(
 ) -> Result<RestoreSummary> {
     std::fs::create_dir_all(&opts.target)
         .map_err(|e| RepoError::Config(format!("cannot create {}: {e}", opts.target.display())))?;
+    // The target may be a symlink the user chose; below it, links are
+    // never followed.
+    let target = std::fs::canonicalize(&opts.target)
+        .map_err(|e| RepoError::Config(format!("cannot resolve {}: {e}", opts.target.display())))?;
     let counters = Counters::default();
     let (tx, rx) = bounded::<FileJob>(256);
     let mut summary = RestoreSummary::default();
@@ -120,10 +124,10 @@ pub fn run(
         };
         let inc_all = opts.includes.is_empty();
         let walked = match &start {
-            None => w.tree(root, rev_path, &opts.target, inc_all),
+            None => w.tree(root, rev_path, &target, inc_all),
             Some(n) => match n.subtree() {
-                Some(sub) => w.tree(&sub, rev_path, &opts.target, inc_all),
-                None => w.node(n.clone(), parent_of(rev_path), &opts.target, inc_all),
+                Some(sub) => w.tree(&sub, rev_path, &target, inc_all),
+                None => w.node(n.clone(), parent_of(rev_path), &target, inc_all),
             },
         };
         walked?;
