@@ -15,7 +15,7 @@
 
 use super::file::{read_file, stamp, FileError};
 use super::BackupOptions;
-use crate::format::chunker::Chunker;
+use crate::format::chunker::{Chunker, MIN_SIZE};
 use crate::format::tree::{encode_tree, Body, Meta, Node, NodeKind, Segment};
 use crate::format::{BlobId, BlobType};
 use crate::fsmeta::{self, Names};
@@ -99,6 +99,7 @@ pub struct Walker {
     names: Mutex<Names>,
     excludes: GlobSet,
     one_fs: bool,
+    chunker: Chunker,
     jobs: Sender<FileJob>,
     counters: Arc<Counters>,
 }
@@ -142,12 +143,14 @@ impl Walker {
             .collect();
         drop(jrx);
         let progress = opts.progress.then(|| spawn_progress(counters.clone()));
+        let chunker = Chunker::new(repo.keys().gear_seed());
         let w = Walker {
             repo,
             writer,
             names: Mutex::new(Names::default()),
             excludes,
             one_fs: opts.one_file_system,
+            chunker,
             jobs: jtx,
             counters: counters.clone(),
         };
@@ -348,6 +351,20 @@ impl Walker {
             let _ = reply.send((slot, Ok((segs, len))));
             return Ok(());
         }
+        // A file of at most one chunk is read right here: handing it to a
+        // reader and back costs more than reading it.
+        if md.size() <= MIN_SIZE as u64 {
+            let res = process_file(
+                &self.repo,
+                &self.chunker,
+                &self.writer,
+                path,
+                &md,
+                &self.counters,
+            );
+            let _ = reply.send((slot, res));
+            return Ok(());
+        }
         self.jobs
             .send(FileJob {
                 path: path.to_path_buf(),
@@ -464,31 +481,44 @@ impl Walker {
     }
 }
 
+/// Reads one file, reports a change during the read, and updates the file
+/// cache. Runs on a file reader, or inline on a walker thread for files of
+/// at most one chunk.
+fn process_file(
+    repo: &Repository,
+    chunker: &Chunker,
+    writer: &BlobWriter,
+    path: &Path,
+    meta: &Metadata,
+    c: &Counters,
+) -> std::result::Result<(Vec<Segment>, u64), FileError> {
+    let content = read_file(repo, chunker, writer, path, meta)?;
+    c.read.fetch_add(content.bytes_read, Ordering::Relaxed);
+    if content.changed {
+        c.warnings.fetch_add(1, Ordering::Relaxed);
+        eprintln!(
+            "warning: {} changed while it was read; the revision holds the bytes read",
+            path.display()
+        );
+    } else {
+        let entry = FileCacheEntry {
+            inode: meta.ino(),
+            size: meta.size(),
+            mtime: stamp(meta.mtime(), meta.mtime_nsec()),
+            ctime: stamp(meta.ctime(), meta.ctime_nsec()),
+            segments: content.segments.clone(),
+        };
+        repo.index()
+            .put_file(path.as_os_str().as_bytes(), &entry)
+            .map_err(|e| FileError::Fatal(e.into()))?;
+    }
+    Ok((content.segments, content.size))
+}
+
 fn file_worker(repo: &Repository, writer: &BlobWriter, jobs: &Receiver<FileJob>, c: &Counters) {
     let chunker = Chunker::new(repo.keys().gear_seed());
     for job in jobs {
-        let res = read_file(repo, &chunker, writer, &job.path, &job.meta).and_then(|content| {
-            c.read.fetch_add(content.bytes_read, Ordering::Relaxed);
-            if content.changed {
-                c.warnings.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
-                    "warning: {} changed while it was read; the revision holds the bytes read",
-                    job.path.display()
-                );
-            } else {
-                let entry = FileCacheEntry {
-                    inode: job.meta.ino(),
-                    size: job.meta.size(),
-                    mtime: stamp(job.meta.mtime(), job.meta.mtime_nsec()),
-                    ctime: stamp(job.meta.ctime(), job.meta.ctime_nsec()),
-                    segments: content.segments.clone(),
-                };
-                repo.index()
-                    .put_file(job.path.as_os_str().as_bytes(), &entry)
-                    .map_err(|e| FileError::Fatal(e.into()))?;
-            }
-            Ok((content.segments, content.size))
-        });
+        let res = process_file(repo, &chunker, writer, &job.path, &job.meta, c);
         let _ = job.reply.send((job.slot, res));
     }
 }

@@ -19,12 +19,62 @@ const HEADER_VERSION: u8 = 1;
 /// zstd level for blobs; not part of the format (any level decodes).
 pub const ZSTD_LEVEL: i32 = 3;
 
+thread_local! {
+    /// One zstd context per thread: creating one per blob costs more than
+    /// compressing a small blob.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
+    static PROBE: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+fn with_compressor<T>(
+    cell: &'static std::thread::LocalKey<
+        std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>>,
+    >,
+    level: i32,
+    f: impl FnOnce(&mut zstd::bulk::Compressor<'static>) -> T,
+) -> Option<T> {
+    cell.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = zstd::bulk::Compressor::new(level).ok();
+        }
+        c.as_mut().map(f)
+    })
+}
+
+const PROBE_SAMPLE: usize = 16 * 1024;
+
+/// Whether a blob is worth compressing. Large blobs are probed first: three
+/// 16 KiB samples at zstd level 1, and if they do not shrink by 3% the blob
+/// is stored raw (photos, video, archives, encrypted files). Small blobs are
+/// always tried.
+fn worth_compressing(plain: &[u8]) -> bool {
+    if plain.len() < 8 * PROBE_SAMPLE {
+        return true;
+    }
+    let mid = plain.len() / 2 - PROBE_SAMPLE / 2;
+    let mut sample = Vec::with_capacity(3 * PROBE_SAMPLE);
+    for at in [0, mid, plain.len() - PROBE_SAMPLE] {
+        sample.extend_from_slice(&plain[at..at + PROBE_SAMPLE]);
+    }
+    with_compressor(&PROBE, 1, |c| {
+        c.compress(&sample)
+            .map(|z| z.len() * 100 < sample.len() * 97)
+    })
+    .and_then(Result::ok)
+    .unwrap_or(true)
+}
+
 /// Compresses (when that helps) and seals one blob. Returns the stored bytes
 /// and whether they hold zstd data.
 pub fn seal_blob(keys: &Keys, kind: BlobType, id: &BlobId, plain: &[u8]) -> (Vec<u8>, bool) {
-    let compressed = zstd::bulk::compress(plain, ZSTD_LEVEL)
-        .ok()
-        .filter(|c| c.len() < plain.len());
+    let compressed = if worth_compressing(plain) {
+        with_compressor(&COMPRESSOR, ZSTD_LEVEL, |c| c.compress(plain))
+            .and_then(Result::ok)
+            .filter(|c| c.len() < plain.len())
+    } else {
+        None
+    };
     let is_c = compressed.is_some();
     let body = compressed.as_deref().unwrap_or(plain);
     (keys.seal(body, &blob_aad(kind, id)), is_c)

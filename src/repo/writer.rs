@@ -70,8 +70,13 @@ struct Sealed {
     stored: Vec<u8>,
 }
 
+/// Blobs up to this size are sealed by the thread that adds them: the hop
+/// to a seal worker costs more than sealing them.
+const INLINE_SEAL: usize = 256 * 1024;
+
 pub struct BlobWriter {
     tx: Option<Sender<(BlobType, BlobId, Vec<u8>)>>,
+    sealed: Option<Sender<Sealed>>,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -93,12 +98,13 @@ impl BlobWriter {
             let (rx, stx, sh) = (rx.clone(), stx.clone(), shared.clone());
             threads.push(std::thread::spawn(move || seal_loop(&sh, &rx, &stx)));
         }
-        drop(stx);
+        let sealed = Some(stx);
         threads.push(std::thread::spawn(move || pack_loop(&srx, &ptx)));
         let sh = shared.clone();
         threads.push(std::thread::spawn(move || write_loop(&sh, &prx)));
         Self {
             tx: Some(tx),
+            sealed,
             shared,
             threads,
         }
@@ -130,8 +136,28 @@ impl BlobWriter {
             .stats
             .bytes_added
             .fetch_add(plain.len() as u64, Ordering::Relaxed);
-        let tx = self.tx.as_ref().expect("writer not finished");
-        if tx.send((kind, id, plain)).is_err() {
+        let sent = if plain.len() <= INLINE_SEAL {
+            let (stored, compressed) = seal_blob(self.shared.repo.keys(), kind, &id, &plain);
+            let s = Sealed {
+                id,
+                kind,
+                compressed,
+                raw_len: plain.len() as u32,
+                stored,
+            };
+            self.sealed
+                .as_ref()
+                .expect("writer not finished")
+                .send(s)
+                .is_ok()
+        } else {
+            self.tx
+                .as_ref()
+                .expect("writer not finished")
+                .send((kind, id, plain))
+                .is_ok()
+        };
+        if !sent {
             return Err(self.shared.failure());
         }
         Ok(true)
@@ -141,6 +167,7 @@ impl BlobWriter {
     /// added is durably stored.
     pub fn finish(mut self) -> Result<()> {
         drop(self.tx.take());
+        drop(self.sealed.take());
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 self.shared
