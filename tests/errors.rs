@@ -183,12 +183,7 @@ fn unreadable_entries_are_reported_skipped_and_exit_3() {
         "{e}"
     );
     let dst = env.path("dst");
-    env.ok([
-        "restore",
-        &format!("latest:{}", src.display()),
-        "--target",
-        dst.to_str().unwrap(),
-    ]);
+    env.restore(&format!("latest:{}", src.display()), &dst);
     assert_eq!(fs::read(dst.join("readable")).unwrap(), b"fine");
     assert!(!dst.join("locked-file").exists());
     env.ok(["check"]);
@@ -306,18 +301,11 @@ fn corrupt_data_fails_loudly_and_check_names_it() {
     fs::create_dir_all(&src).unwrap();
     // Incompressible, so the data blob fills most of the pack and the
     // trees (written after it) stay intact.
-    let mut data = vec![0u8; 2 << 20];
-    let mut x = 7u64;
-    for b in data.iter_mut() {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        *b = (x >> 56) as u8;
-    }
+    let data = common::random_bytes(2 << 20, 7);
     fs::write(src.join("f"), &data).unwrap();
     env.ok(["backup", src.to_str().unwrap()]);
     // Flip one byte a third into the pack, inside the data blob.
-    let mut packs: Vec<_> = walk(&env.repo.join("data"));
+    let mut packs: Vec<_> = common::files_under(&env.repo.join("data"));
     packs.sort_by_key(|p| fs::metadata(p).unwrap().len());
     let pack = packs.last().unwrap();
     let mut bytes = fs::read(pack).unwrap();
@@ -349,19 +337,6 @@ fn corrupt_data_fails_loudly_and_check_names_it() {
     );
     // The structural check alone does not read data and passes.
     env.ok(["check"]);
-}
-
-fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(p).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
 }
 
 /// Unmounts the tmpfs even when the test fails.
@@ -405,14 +380,7 @@ fn a_full_tier_gives_a_clear_error_and_loses_nothing() {
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("small"), "fits").unwrap();
     assert!(tv(&["backup", src.to_str().unwrap()]).status.success());
-    let mut big = vec![0u8; 20 << 20];
-    let mut x = 1u64;
-    for b in big.iter_mut() {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        *b = (x >> 56) as u8;
-    }
+    let big = common::random_bytes(20 << 20, 1);
     fs::write(src.join("big"), &big).unwrap();
     let o = tv(&["backup", src.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));

@@ -9,23 +9,11 @@ use rand::{Rng, SeedableRng};
 use std::fs;
 use std::time::{Duration, Instant};
 
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    rand::rngs::StdRng::seed_from_u64(seed).fill(&mut v[..]);
-    v
-}
-
 fn stored_bytes(dir: &std::path::Path) -> u64 {
-    let mut n = 0;
-    for e in fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            n += stored_bytes(&e.path());
-        } else {
-            n += e.metadata().unwrap().len();
-        }
-    }
-    n
+    common::files_under(dir)
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum()
 }
 
 #[test]
@@ -45,7 +33,7 @@ fn killed_backups_leave_a_sound_repository_and_are_resumed() {
         let len = rng.gen_range(1usize << 20..16 << 20);
         fs::write(
             src.join(format!("file{i:02}")),
-            pseudo_random(len, seed ^ i),
+            common::random_bytes(len, seed ^ i),
         )
         .unwrap();
         total += len as u64;
@@ -107,11 +95,6 @@ fn killed_backups_leave_a_sound_repository_and_are_resumed() {
     }
     env.ok(["check", "--read-data"]);
     let dst = env.path("dst");
-    env.ok([
-        "restore",
-        &format!("latest:{}", src.display()),
-        "--target",
-        dst.to_str().unwrap(),
-    ]);
+    env.restore(&format!("latest:{}", src.display()), &dst);
     common::tree::assert_same(&src, &dst, false);
 }

@@ -37,7 +37,7 @@ fn nasty_tree_roundtrips_exactly() {
 
     let dst = env.path("restored");
     let spec = format!("latest:{}", src.display());
-    env.ok(["restore", &spec, "--target", dst.to_str().unwrap()]);
+    env.restore(&spec, &dst);
     assert_same(&src, &dst, true);
     // The 1 GiB sparse file stays sparse: a few MiB of blocks, not 1 GiB.
     let m = fs::metadata(dst.join("sparse/huge-sparse")).unwrap();
@@ -90,18 +90,8 @@ fn incremental_changes_and_old_revisions() {
     let r2 = env.path("r2");
     let name1 = revs[0]["name"].as_str().unwrap();
     let id2 = &revs[1]["id"].as_str().unwrap()[..8];
-    env.ok([
-        "restore",
-        &format!("{name1}:{}", src.display()),
-        "--target",
-        r1.to_str().unwrap(),
-    ]);
-    env.ok([
-        "restore",
-        &format!("{id2}:{}", src.display()),
-        "--target",
-        r2.to_str().unwrap(),
-    ]);
+    env.restore(&format!("{name1}:{}", src.display()), &r1);
+    env.restore(&format!("{id2}:{}", src.display()), &r2);
     assert_same(&v1, &r1, false);
     assert_same(&src, &r2, false);
 }
@@ -138,12 +128,7 @@ fn partial_restore_with_include_and_exclude() {
 
     // A single file.
     let f = env.path("one");
-    env.ok([
-        "restore",
-        &format!("{spec}/pics/d.jpg"),
-        "--target",
-        f.to_str().unwrap(),
-    ]);
+    env.restore(&format!("{spec}/pics/d.jpg"), &f);
     assert_eq!(fs::read(f.join("d.jpg")).unwrap(), b"d");
 }
 
@@ -187,12 +172,7 @@ fn deleting_the_cache_loses_nothing() {
     env.ok(["backup", src.to_str().unwrap()]);
     fs::remove_dir_all(&env.cache).unwrap();
     let dst = env.path("dst");
-    env.ok([
-        "restore",
-        &format!("latest:{}", src.display()),
-        "--target",
-        dst.to_str().unwrap(),
-    ]);
+    env.restore(&format!("latest:{}", src.display()), &dst);
     assert_same(&src, &dst, false);
     // The rebuilt index still deduplicates: only the changed ancestor
     // directories (the cache lives beside the source) are new.
@@ -313,12 +293,7 @@ fn restore_into_a_symlinked_target() {
     fs::create_dir_all(&real).unwrap();
     let link = env.path("link-target");
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    env.ok([
-        "restore",
-        &format!("latest:{}", src.display()),
-        "--target",
-        link.to_str().unwrap(),
-    ]);
+    env.restore(&format!("latest:{}", src.display()), &link);
     assert_eq!(fs::read(real.join("d/f")).unwrap(), b"x");
 }
 
@@ -346,12 +321,7 @@ fn a_pack_missing_from_the_tier_is_reported_once_and_never_deduplicated_against(
     assert!(String::from_utf8_lossy(&o.stderr).contains("missing from every tier"));
     // The data was stored again, so the new revision restores.
     let dst = env.path("dst");
-    env.ok([
-        "restore",
-        &format!("latest:{}", src.display()),
-        "--target",
-        dst.to_str().unwrap(),
-    ]);
+    env.restore(&format!("latest:{}", src.display()), &dst);
     assert_eq!(fs::read(dst.join("f")).unwrap(), vec![5u8; 1 << 20]);
     let o = env.run(["backup", src.to_str().unwrap()]);
     assert!(

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{json, Env};
+use common::{files_under, json, Env};
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -30,26 +30,8 @@ fn ok(c: &mut Command) -> std::process::Output {
     o
 }
 
-fn files_under(p: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(p).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            out.extend(files_under(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
-}
-
 fn random_file(p: &Path, len: usize) {
-    let mut v = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(p.as_os_str().as_encoded_bytes())
-        .finalize_xof()
-        .fill(&mut v);
-    fs::write(p, v).unwrap();
+    fs::write(p, common::random_bytes(len, 3)).unwrap();
 }
 
 #[test]

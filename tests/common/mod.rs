@@ -70,6 +70,16 @@ impl Env {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `restore SPEC --target DST`, asserting success.
+    pub fn restore(&self, spec: &str, dst: &Path) -> String {
+        self.ok([
+            std::ffi::OsStr::new("restore"),
+            spec.as_ref(),
+            "--target".as_ref(),
+            dst.as_os_str(),
+        ])
+    }
+
     /// Creates the repository with cheap key derivation (tests only).
     pub fn init(&self) {
         self.ok(["init", "--kdf-memory", "1024", "--kdf-iterations", "1"]);
@@ -88,6 +98,33 @@ pub fn scratch_root() -> PathBuf {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Deterministic incompressible bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+/// Every regular file below `p`.
+pub fn files_under(p: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
 }
 
 pub fn json(s: &str) -> serde_json::Value {

@@ -81,13 +81,7 @@ fn chmod(p: &Path, mode: u32) {
     fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
 }
 
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    let mut h = blake3::Hasher::new();
-    h.update(&seed.to_le_bytes());
-    h.finalize_xof().fill(&mut out);
-    out
-}
+use super::random_bytes as pseudo_random;
 
 /// Options for the size of the hostile tree.
 pub struct Shape {
