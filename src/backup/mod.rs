@@ -104,6 +104,7 @@ pub fn run(repo: Arc<Repository>, opts: &BackupOptions) -> Result<BackupSummary>
         },
     };
     let id = repo.save_revision(&revision)?;
+    repo.index().flush_files()?;
     Ok(BackupSummary {
         id,
         revision,

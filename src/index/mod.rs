@@ -286,9 +286,24 @@ impl Index {
             .i64(f.ctime.sec)
             .u32(f.ctime.nsec);
         encode_segments(&mut e, &f.segments);
-        let mut b = WriteBatch::default();
-        b.put_cf(self.cf("files"), path, e.finish());
-        self.write(b)
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(IndexError::PreviousFailure);
+        }
+        // The file cache skips the write-ahead log: an entry lost in a crash
+        // only means that file is read again. `flush_files` persists them.
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.disable_wal(true);
+        self.db
+            .put_cf_opt(self.cf("files"), path, e.finish(), &wo)
+            .map_err(|e| {
+                self.failed.store(true, Ordering::SeqCst);
+                self.rerr(e)
+            })
+    }
+
+    /// Persists file cache entries written without the write-ahead log.
+    pub fn flush_files(&self) -> Result<(), IndexError> {
+        self.db.flush_cf(self.cf("files")).map_err(|e| self.rerr(e))
     }
 
     pub fn tree(&self, id: &BlobId) -> Result<Option<Vec<u8>>, IndexError> {
