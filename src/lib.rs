@@ -10,6 +10,7 @@ pub mod format;
 pub mod fsmeta;
 pub mod index;
 pub mod maintenance;
+pub mod mount;
 pub mod repo;
 pub mod restore;
 pub mod tier;

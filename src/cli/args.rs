@@ -94,6 +94,14 @@ pub enum Command {
     ///
     /// Example: tiervault -r /srv/vault check --read-data
     Check(CheckArgs),
+    /// Show every revision as read-only directories under DIR
+    ///
+    /// Runs in the foreground until Ctrl-C, SIGTERM or `fusermount3 -u DIR`. The layout is
+    /// `latest` (a link to the newest revision) and `revisions/<time>/`. New revisions appear
+    /// within seconds. Only you can enter the mount unless --allow-other is given.
+    ///
+    /// Example: tiervault -r /srv/vault mount ~/backups
+    Mount(MountArgs),
     /// Print a shell completion script
     ///
     /// Example: tiervault completions bash > /etc/bash_completion.d/tiervault
@@ -186,6 +194,22 @@ pub struct CheckArgs {
     /// Also read, decrypt and verify every stored blob
     #[arg(long)]
     pub read_data: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// Empty directory to mount on
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Let other users enter the mount; the stored modes are enforced (needs user_allow_other in /etc/fuse.conf for non-root)
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Threads serving file-system requests
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub threads: usize,
+    /// Memory for decoded chunks, in MiB
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub chunk_cache: usize,
 }
 
 #[derive(Args, Debug)]

@@ -1,6 +1,8 @@
 //! `init`, `backup`, `restore`, `check`, and the generated documentation.
 
-use super::args::{BackupArgs, CheckArgs, CompletionsArgs, InitArgs, ManpagesArgs, RestoreArgs};
+use super::args::{
+    BackupArgs, CheckArgs, CompletionsArgs, InitArgs, ManpagesArgs, MountArgs, RestoreArgs,
+};
 use super::listing::split_spec;
 use super::Settings;
 use anyhow::{bail, Context};
@@ -200,5 +202,24 @@ pub fn manpages(a: &ManpagesArgs) -> anyhow::Result<i32> {
         std::fs::write(a.dir.join(name), body).with_context(|| format!("cannot write {name}"))?;
     }
     println!("wrote {} man pages to {}", MAN_PAGES.len(), a.dir.display());
+    Ok(0)
+}
+
+pub fn mount(s: &Settings, a: &MountArgs) -> anyhow::Result<i32> {
+    // The mount keeps its own local index, so backups can run meanwhile.
+    let repo = s.open_named("mount-index")?;
+    let opts = tiervault::mount::MountOptions {
+        allow_other: a.allow_other,
+        threads: a.threads,
+        chunk_cache: a.chunk_cache << 20,
+    };
+    let dir = a.dir.display().to_string();
+    let quiet = s.quiet;
+    tiervault::mount::run(repo, &a.dir, &opts, || {
+        if !quiet {
+            eprintln!("mounted on {dir}; stop with Ctrl-C or `fusermount3 -u {dir}`");
+        }
+    })
+    .map_err(anyhow::Error::msg)?;
     Ok(0)
 }

@@ -21,6 +21,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Ls(a) => listing::ls(&s, &a),
         Command::Restore(a) => commands::restore(&s, &a),
         Command::Check(a) => commands::check(&s, &a),
+        Command::Mount(a) => commands::mount(&s, &a),
         Command::Completions(a) => commands::completions(&a),
         Command::Manpages(a) => commands::manpages(&a),
     }

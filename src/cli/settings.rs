@@ -107,6 +107,11 @@ impl Settings {
     /// repository (an unmounted share, a wrong path) is left out with a
     /// warning, so nothing is written into an empty mount point.
     pub fn open(&self) -> anyhow::Result<Arc<Repository>> {
+        self.open_named("index")
+    }
+
+    /// Opens with the local index `index_name` (see `Repository::open_named`).
+    pub fn open_named(&self, index_name: &str) -> anyhow::Result<Arc<Repository>> {
         if self.tiers.is_empty() {
             bail!(
                 "no repository given: name one with -r LOCATION (once per tier) or --config FILE"
@@ -135,10 +140,11 @@ impl Settings {
             );
         }
         let store = TierSet::new(tiers);
-        Ok(Arc::new(Repository::open(
+        Ok(Arc::new(Repository::open_named(
             Box::new(store),
             &|| self.password(false),
             &self.cache_root,
+            index_name,
         )?))
     }
 

@@ -156,7 +156,7 @@ impl Repository {
             names::CONFIG,
             &serde_json::to_vec_pretty(&config).expect("config serializes"),
         )?;
-        Self::finish_open(store, keys, config, cache_root)
+        Self::finish_open(store, keys, config, cache_root, "index")
     }
 
     /// Opens an existing repository. `password` is asked only when a key
@@ -165,6 +165,17 @@ impl Repository {
         store: Box<dyn Tier>,
         password: &dyn Fn() -> Result<Vec<u8>>,
         cache_root: &Path,
+    ) -> Result<Self> {
+        Self::open_named(store, password, cache_root, "index")
+    }
+
+    /// Opens with the local index in `<cache>/<repo id>/<index_name>`. A
+    /// mount keeps its own index, so `backup` can run while it is up.
+    pub fn open_named(
+        store: Box<dyn Tier>,
+        password: &dyn Fn() -> Result<Vec<u8>>,
+        cache_root: &Path,
+        index_name: &str,
     ) -> Result<Self> {
         let loc = store.name().to_string();
         let raw = match store.get(names::CONFIG) {
@@ -224,7 +235,7 @@ impl Repository {
                         });
                     }
                     let keys = Keys::from_master(master, encrypted);
-                    return Self::finish_open(store, keys, config, cache_root);
+                    return Self::finish_open(store, keys, config, cache_root, index_name);
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -243,9 +254,10 @@ impl Repository {
         keys: Keys,
         config: RepoConfig,
         cache_root: &Path,
+        index_name: &str,
     ) -> Result<Self> {
         let cache_dir = cache_root.join(&config.id);
-        let index = Index::open(&cache_dir.join("index"))?;
+        let index = Index::open(&cache_dir.join(index_name))?;
         let repo = Self {
             store,
             keys,

@@ -1,0 +1,84 @@
+//! `tiervault mount`: every revision as read-only directories.
+//!
+//! [`core`] is the filesystem without the kernel; [`fuse`] adapts it to
+//! `fuser`. `run` mounts, then waits for SIGINT/SIGTERM or an external
+//! `fusermount3 -u`, and unmounts cleanly.
+
+pub mod core;
+mod fuse;
+
+use crate::repo::Repository;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    pub allow_other: bool,
+    pub threads: usize,
+    pub chunk_cache: usize,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// A mount point whose FUSE server died answers with ENOTCONN.
+fn check_mountpoint(dir: &Path) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!("{} is not a directory", dir.display())),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(format!(
+            "{} is a stale mount left by a process that was killed; clear it with `fusermount3 -u {}` and mount again",
+            dir.display(),
+            dir.display()
+        )),
+        Err(e) => Err(format!("cannot use {} as a mount point: {e}", dir.display())),
+    }
+}
+
+/// Mounts `repo` on `dir` and serves it until a signal or an unmount.
+pub fn run(
+    repo: Arc<Repository>,
+    dir: &Path,
+    opts: &MountOptions,
+    ready: impl FnOnce(),
+) -> Result<(), String> {
+    check_mountpoint(dir)?;
+    let core = Arc::new(core::FsCore::new(repo, opts.chunk_cache));
+    let mut cfg = fuser::Config::default();
+    cfg.mount_options = vec![
+        fuser::MountOption::FSName("tiervault".into()),
+        fuser::MountOption::Subtype("tiervault".into()),
+        fuser::MountOption::RO,
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+    ];
+    if opts.allow_other {
+        cfg.mount_options
+            .push(fuser::MountOption::DefaultPermissions);
+        cfg.acl = fuser::SessionACL::All;
+    }
+    cfg.n_threads = Some(opts.threads.max(1));
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let session = fuser::spawn_mount(fuse::FuseFs { core }, dir, &cfg)
+        .map_err(|e| format!("cannot mount on {}: {e}", dir.display()))?;
+    ready();
+    while !STOP.load(Ordering::SeqCst) && !session.guard.is_finished() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if session.guard.is_finished() {
+        // Unmounted from outside (fusermount3 -u).
+        return session.join().map_err(|e| e.to_string());
+    }
+    session
+        .umount_and_join()
+        .map_err(|e| format!("unmounting {}: {e}", dir.display()))
+}

@@ -1,0 +1,207 @@
+//! Real FUSE mounts: copies out of `latest` with `cp -a` and `rsync -aHAXS`
+//! must reproduce the source exactly; writes get EROFS; the mount ends
+//! cleanly on SIGTERM and on an external unmount; a stale mount gets a
+//! clear error; a new revision appears without remounting.
+
+mod common;
+
+use common::tree::{assert_same, build_nasty, Shape};
+use common::{is_root, Env};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// A running `tiervault mount`; unmounts and stops it when dropped, even
+/// when the test fails.
+struct Mount {
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl Mount {
+    fn start(env: &Env, dir: &Path) -> Mount {
+        fs::create_dir_all(dir).unwrap();
+        let child = env
+            .cmd()
+            .arg("mount")
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let m = Mount {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while fs::symlink_metadata(dir.join("latest")).is_err() {
+            assert!(Instant::now() < deadline, "the mount did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        m
+    }
+
+    /// Waits up to 10 s for the mount process to exit; returns its status.
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                self.child = None;
+                return st;
+            }
+            assert!(Instant::now() < deadline, "the mount process did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&self.dir)
+            .output();
+    }
+}
+
+fn mounted(dir: &Path) -> bool {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap();
+    let d = fs::canonicalize(dir).unwrap_or(dir.to_path_buf());
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(d.to_str().unwrap()))
+}
+
+#[test]
+fn cp_and_rsync_out_of_the_mount_reproduce_the_nasty_tree() {
+    assert!(is_root(), "run the suite as root");
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    build_nasty(&src, &Shape::full());
+    env.ok(["backup", src.to_str().unwrap()]);
+    let mnt = env.path("mnt");
+    let _m = Mount::start(&env, &mnt);
+    let inside = mnt.join("latest").join(src.strip_prefix("/").unwrap());
+
+    let cp = env.path("cp-copy");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(&inside)
+        .arg(&cp)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_same(&src, &cp, true);
+
+    let rs = env.path("rsync-copy");
+    let out = Command::new("rsync")
+        .arg("-aHAXS")
+        .arg(format!("{}/", inside.display()))
+        .arg(&rs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // rsync does not keep atimes, and -S makes holes of all zero runs (the
+    // source's fully written zeros too), so those two are not compared.
+    common::tree::assert_same_with(&src, &rs, false, false);
+    // Holes survive the copy: the 1 GiB sparse file stays small.
+    let m = fs::metadata(cp.join("sparse/huge-sparse")).unwrap();
+    assert!(std::os::unix::fs::MetadataExt::blocks(&m) * 512 < 8 << 20);
+}
+
+#[test]
+fn writes_are_refused_and_signals_and_unmounts_end_it_cleanly() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), "x").unwrap();
+    env.ok(["backup", src.to_str().unwrap()]);
+    let mnt = env.path("mnt");
+
+    let mut m = Mount::start(&env, &mnt);
+    let file = mnt
+        .join("latest")
+        .join(src.strip_prefix("/").unwrap())
+        .join("f");
+    assert_eq!(fs::read(&file).unwrap(), b"x");
+    for e in [
+        fs::write(&file, "y").unwrap_err(),
+        fs::write(mnt.join("latest/new"), "y").unwrap_err(),
+        fs::create_dir(mnt.join("revisions/new")).unwrap_err(),
+        fs::remove_file(&file).unwrap_err(),
+    ] {
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    }
+    m.signal(libc::SIGTERM);
+    assert!(m.wait_exit().success());
+    assert!(!mounted(&mnt), "still mounted after SIGTERM");
+
+    let mut m = Mount::start(&env, &mnt);
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(m.wait_exit().success());
+    assert!(!mounted(&mnt));
+
+    // A mount whose process was killed leaves a stale mount point.
+    let mut m = Mount::start(&env, &mnt);
+    m.signal(libc::SIGKILL);
+    m.wait_exit();
+    let o = env.cmd().arg("mount").arg(&mnt).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("stale mount") && e.contains("fusermount3 -u"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_new_revision_appears_without_remounting() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), "first").unwrap();
+    env.ok(["backup", src.to_str().unwrap()]);
+    let mnt = env.path("mnt");
+    let _m = Mount::start(&env, &mnt);
+    let first = fs::read_link(mnt.join("latest")).unwrap();
+    assert_eq!(fs::read_dir(mnt.join("revisions")).unwrap().count(), 1);
+
+    std::thread::sleep(Duration::from_millis(1100)); // a new time name
+    fs::write(src.join("f"), "second").unwrap();
+    env.ok(["backup", src.to_str().unwrap()]); // runs while the mount is up
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_link(mnt.join("latest")).unwrap() == first {
+        assert!(Instant::now() < deadline, "the new revision did not appear");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(fs::read_dir(mnt.join("revisions")).unwrap().count(), 2);
+    let f = mnt
+        .join("latest")
+        .join(src.strip_prefix("/").unwrap())
+        .join("f");
+    assert_eq!(fs::read(f).unwrap(), b"second");
+}
