@@ -192,7 +192,15 @@ fn a_new_revision_appears_without_remounting() {
 
     std::thread::sleep(Duration::from_millis(1100)); // a new time name
     fs::write(src.join("f"), "second").unwrap();
-    env.ok(["backup", src.to_str().unwrap()]); // runs while the mount is up
+    // Runs while the mount is up.
+    env.ok([
+        "backup",
+        src.to_str().unwrap(),
+        "--tag",
+        "weekly",
+        "--host",
+        "laptop",
+    ]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while fs::read_link(mnt.join("latest")).unwrap() == first {
         assert!(Instant::now() < deadline, "the new revision did not appear");
@@ -204,4 +212,35 @@ fn a_new_revision_appears_without_remounting() {
         .join(src.strip_prefix("/").unwrap())
         .join("f");
     assert_eq!(fs::read(f).unwrap(), b"second");
+
+    // history/<path>/ holds one entry per version, oldest first, named by
+    // the revision where it first appeared.
+    let hist = mnt
+        .join("history")
+        .join(src.strip_prefix("/").unwrap())
+        .join("f");
+    let mut versions: Vec<_> = fs::read_dir(&hist)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    versions.sort();
+    let contents: Vec<Vec<u8>> = versions.iter().map(|p| fs::read(p).unwrap()).collect();
+    assert_eq!(contents, vec![b"first".to_vec(), b"second".to_vec()]);
+    let revs: Vec<_> = fs::read_dir(mnt.join("revisions"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(versions
+        .iter()
+        .all(|v| revs.contains(&v.file_name().unwrap().to_os_string())));
+
+    // by-tag and by-host link to the revisions.
+    let tagged: Vec<_> = fs::read_dir(mnt.join("by-tag/weekly"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(tagged.len(), 1);
+    let via_tag = tagged[0].join(src.strip_prefix("/").unwrap()).join("f");
+    assert_eq!(fs::read(via_tag).unwrap(), b"second");
+    assert_eq!(fs::read_dir(mnt.join("by-host/laptop")).unwrap().count(), 1);
 }

@@ -64,7 +64,8 @@ fn fixture() -> Fixture {
 
     let core = FsCore::new(repo, 8 << 20);
     let names: Vec<Vec<u8>> = core.list(ROOT).unwrap().into_iter().map(|e| e.2).collect();
-    assert_eq!(names, vec![b"revisions".to_vec(), b"latest".to_vec()]);
+    let want: Vec<&[u8]> = vec![b"latest", b"revisions", b"by-host", b"by-tag", b"history"];
+    assert_eq!(names, want);
     // Walk revisions/<only>/<src components>/f.
     let mut ino = core.lookup(ROOT, b"revisions").unwrap().ino;
     let rev = core.list(ino).unwrap();

@@ -1,8 +1,14 @@
 //! The filesystem behind `tiervault mount`, without the kernel: plain
 //! methods that return `Result<_, FsError>`, so it is tested directly.
 //!
-//! Layout: `/latest` (a symlink to the newest revision), `/revisions/<time>/`
-//! holding each revision's tree.
+//! Layout:
+//! - `latest`: a symlink to the newest revision;
+//! - `revisions/<time>/`: each revision's tree;
+//! - `by-host/<host>/<time>` and `by-tag/<tag>/<time>`: symlinks into
+//!   `revisions/`;
+//! - `history/<path>/`: the union of every revision's paths; a file there is
+//!   a directory holding one entry per distinct version of it, named by the
+//!   time that version first appeared.
 //!
 //! Inodes: an inode's identity (parent, name, what it shows) never changes,
 //! and `(parent, name)` always maps to the same number, so numbers are
@@ -25,6 +31,9 @@ use std::time::{Duration, Instant};
 pub const ROOT: u64 = 1;
 const REVISIONS: u64 = 2;
 const LATEST: u64 = 3;
+const BY_HOST: u64 = 4;
+const BY_TAG: u64 = 5;
+const HISTORY: u64 = 6;
 const REFRESH: Duration = Duration::from_secs(2);
 
 /// Every failure maps to one errno, by name (see `errno`).
@@ -74,6 +83,26 @@ enum What {
     Root,
     Revisions,
     Latest,
+    /// `by-host/` or `by-tag/`: one directory per host or tag.
+    Groups {
+        tags: bool,
+    },
+    /// `by-host/<host>/` or `by-tag/<tag>/`: links to its revisions.
+    Group {
+        tags: bool,
+        key: String,
+    },
+    /// A link into `revisions/`.
+    Link(Vec<u8>),
+    /// A directory of `history/`: the union of the revisions' entries at
+    /// `path`.
+    HistoryDir {
+        path: Vec<Vec<u8>>,
+    },
+    /// A file's versions.
+    Versions {
+        path: Vec<Vec<u8>>,
+    },
     /// A revision's root directory or an entry inside a revision; `rev` is
     /// the revision's root tree, which scopes hardlink identity.
     Node {
@@ -121,10 +150,18 @@ struct Table {
     next: u64,
 }
 
+#[derive(Clone)]
+struct RevInfo {
+    name: String,
+    tree: BlobId,
+    time: Timestamp,
+    host: String,
+    tags: Vec<String>,
+}
+
 struct Revs {
     at: Option<Instant>,
-    /// (time name, root tree, revision time)
-    list: Vec<(String, BlobId, Timestamp)>,
+    list: Vec<RevInfo>,
 }
 
 /// A small LRU of decoded chunks, so small reads of one chunk and files that
@@ -175,6 +212,25 @@ pub struct FsCore {
     started: Timestamp,
 }
 
+/// The fixed entries of the root.
+const TOP: [(u64, &[u8], NodeKind); 5] = [
+    (LATEST, b"latest", NodeKind::Symlink),
+    (REVISIONS, b"revisions", NodeKind::Dir),
+    (BY_HOST, b"by-host", NodeKind::Dir),
+    (BY_TAG, b"by-tag", NodeKind::Dir),
+    (HISTORY, b"history", NodeKind::Dir),
+];
+
+fn top_what(ino: u64) -> What {
+    match ino {
+        LATEST => What::Latest,
+        REVISIONS => What::Revisions,
+        BY_HOST => What::Groups { tags: false },
+        BY_TAG => What::Groups { tags: true },
+        _ => What::HistoryDir { path: Vec::new() },
+    }
+}
+
 fn stamp_now() -> Timestamp {
     crate::repo::now()
 }
@@ -186,15 +242,23 @@ impl FsCore {
             next: 16,
             ..Table::default()
         };
-        for (ino, what) in [
-            (ROOT, What::Root),
-            (REVISIONS, What::Revisions),
-            (LATEST, What::Latest),
-        ] {
-            t.inodes.insert(ino, Arc::new(Inode { parent: ROOT, what }));
+        t.inodes.insert(
+            ROOT,
+            Arc::new(Inode {
+                parent: ROOT,
+                what: What::Root,
+            }),
+        );
+        for (ino, name, _) in TOP {
+            t.inodes.insert(
+                ino,
+                Arc::new(Inode {
+                    parent: ROOT,
+                    what: top_what(ino),
+                }),
+            );
+            t.by_name.insert((ROOT, name.to_vec()), ino);
         }
-        t.by_name.insert((ROOT, b"revisions".to_vec()), REVISIONS);
-        t.by_name.insert((ROOT, b"latest".to_vec()), LATEST);
         // SAFETY: getuid/getgid have no preconditions.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Self {
@@ -228,8 +292,8 @@ impl FsCore {
             .ok_or(FsError::NotFound)
     }
 
-    /// The revision list, refreshed when older than `REFRESH`.
-    fn revisions(&self) -> FsResult<Vec<(String, BlobId, Timestamp)>> {
+    /// The revision list, oldest first, refreshed when older than `REFRESH`.
+    fn revisions(&self) -> FsResult<Vec<RevInfo>> {
         let mut r = self.revs.lock().expect("revs");
         if r.at.is_none_or(|t| t.elapsed() >= REFRESH) {
             self.repo.sync_index()?;
@@ -238,11 +302,104 @@ impl FsCore {
             r.list = names
                 .into_iter()
                 .zip(revs)
-                .map(|(n, (_, rev))| (n, rev.tree, rev.time))
+                .map(|(name, (_, rev))| RevInfo {
+                    name,
+                    tree: rev.tree,
+                    time: rev.time,
+                    host: rev.host,
+                    tags: rev.tags,
+                })
                 .collect();
             r.at = Some(Instant::now());
         }
         Ok(r.list.clone())
+    }
+
+    /// The node at `path` in the tree `root`, if the revision has it.
+    fn node_at(&self, root: &BlobId, path: &[Vec<u8>]) -> FsResult<Option<Node>> {
+        let mut tree = *root;
+        let mut found = None;
+        for (i, comp) in path.iter().enumerate() {
+            let Some(n) = self
+                .repo
+                .load_tree(&tree)?
+                .into_iter()
+                .find(|n| &n.name == comp)
+            else {
+                return Ok(None);
+            };
+            if i + 1 < path.len() {
+                match n.subtree() {
+                    Some(t) => tree = t,
+                    None => return Ok(None),
+                }
+            }
+            found = Some(n);
+        }
+        Ok(found)
+    }
+
+    /// `history/<path>`: the names any revision has at `path`.
+    fn history_list(&self, ino: u64, path: &[Vec<u8>]) -> FsResult<Vec<(u64, NodeKind, Vec<u8>)>> {
+        let mut names: std::collections::BTreeMap<Vec<u8>, bool> =
+            std::collections::BTreeMap::new();
+        for r in self.revisions()? {
+            let tree = if path.is_empty() {
+                Some(r.tree)
+            } else {
+                self.node_at(&r.tree, path)?.and_then(|n| n.subtree())
+            };
+            let Some(tree) = tree else { continue };
+            for n in self.repo.load_tree(&tree)? {
+                *names.entry(n.name).or_default() |= n.kind == NodeKind::Dir;
+            }
+        }
+        Ok(names
+            .into_iter()
+            .map(|(name, is_dir)| {
+                let mut p = path.to_vec();
+                p.push(name.clone());
+                let what = if is_dir {
+                    What::HistoryDir { path: p }
+                } else {
+                    What::Versions { path: p }
+                };
+                (self.child(ino, &name, what), NodeKind::Dir, name)
+            })
+            .collect())
+    }
+
+    /// One entry per distinct version of the file at `path`, named by the
+    /// revision where that version first appeared.
+    fn versions(&self, ino: u64, path: &[Vec<u8>]) -> FsResult<Vec<(u64, NodeKind, Vec<u8>)>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for r in self.revisions()? {
+            let Some(n) = self.node_at(&r.tree, path)? else {
+                continue;
+            };
+            if !seen.insert((n.kind, n.meta.size, n.body.clone())) {
+                continue;
+            }
+            let (kind, name) = (n.kind, r.name.clone().into_bytes());
+            let node = Node {
+                name: name.clone(),
+                ..n
+            };
+            out.push((
+                self.child(
+                    ino,
+                    &name,
+                    What::Node {
+                        rev: r.tree,
+                        node: Arc::new(node),
+                    },
+                ),
+                kind,
+                name,
+            ));
+        }
+        Ok(out)
     }
 
     /// The inode for `(parent, name)`, created on first sight.
@@ -271,7 +428,8 @@ impl FsCore {
         ino
     }
 
-    fn revision_dir(&self, name: &str, tree: BlobId, time: Timestamp) -> What {
+    fn revision_dir(&self, r: &RevInfo) -> What {
+        let (name, tree, time) = (&r.name, r.tree, r.time);
         let meta = Meta {
             mode: 0o555,
             uid: self.uid,
@@ -296,23 +454,61 @@ impl FsCore {
     /// Entries of a directory as `(ino, kind, name)`, without `.` and `..`.
     pub fn list(&self, ino: u64) -> FsResult<Vec<(u64, NodeKind, Vec<u8>)>> {
         match &self.inode(ino)?.what {
-            What::Root => Ok(vec![
-                (REVISIONS, NodeKind::Dir, b"revisions".to_vec()),
-                (LATEST, NodeKind::Symlink, b"latest".to_vec()),
-            ]),
+            What::Root => Ok(TOP
+                .iter()
+                .map(|(ino, name, kind)| (*ino, *kind, name.to_vec()))
+                .collect()),
             What::Revisions => Ok(self
                 .revisions()?
                 .into_iter()
-                .map(|(name, tree, time)| {
-                    let ino = self.child(
-                        REVISIONS,
-                        name.as_bytes(),
-                        self.revision_dir(&name, tree, time),
-                    );
-                    (ino, NodeKind::Dir, name.into_bytes())
+                .map(|r| {
+                    let ino = self.child(REVISIONS, r.name.as_bytes(), self.revision_dir(&r));
+                    (ino, NodeKind::Dir, r.name.into_bytes())
                 })
                 .collect()),
-            What::Latest => Err(FsError::NotDir),
+            What::Groups { tags } => {
+                let mut keys: Vec<String> = self
+                    .revisions()?
+                    .into_iter()
+                    .flat_map(|r| if *tags { r.tags } else { vec![r.host] })
+                    .collect();
+                keys.sort();
+                keys.dedup();
+                Ok(keys
+                    .into_iter()
+                    .map(|key| {
+                        let name = key.clone().into_bytes();
+                        (
+                            self.child(ino, &name, What::Group { tags: *tags, key }),
+                            NodeKind::Dir,
+                            name,
+                        )
+                    })
+                    .collect())
+            }
+            What::Group { tags, key } => Ok(self
+                .revisions()?
+                .into_iter()
+                .filter(|r| {
+                    if *tags {
+                        r.tags.contains(key)
+                    } else {
+                        &r.host == key
+                    }
+                })
+                .map(|r| {
+                    let target = format!("../../revisions/{}", r.name).into_bytes();
+                    let name = r.name.into_bytes();
+                    (
+                        self.child(ino, &name, What::Link(target)),
+                        NodeKind::Symlink,
+                        name,
+                    )
+                })
+                .collect()),
+            What::HistoryDir { path } => self.history_list(ino, path),
+            What::Versions { path } => self.versions(ino, path),
+            What::Latest | What::Link(_) => Err(FsError::NotDir),
             What::Node { rev, node } => {
                 let Body::Dir(tree) = node.body else {
                     return Err(FsError::NotDir);
@@ -350,7 +546,8 @@ impl FsCore {
             .by_name
             .get(&(parent, name.to_vec()))
             .copied();
-        if let (Some(ino), false) = (known, parent == REVISIONS) {
+        // Directories that change as revisions arrive are listed again.
+        if let (Some(ino), false) = (known, self.is_live(parent)) {
             return self.getattr(ino);
         }
         let found = self
@@ -378,7 +575,13 @@ impl FsCore {
             rdev: 0,
         };
         Ok(match &inode.what {
-            What::Root | What::Revisions => base(NodeKind::Dir, 0o555, 0),
+            What::Root
+            | What::Revisions
+            | What::Groups { .. }
+            | What::Group { .. }
+            | What::HistoryDir { .. }
+            | What::Versions { .. } => base(NodeKind::Dir, 0o555, 0),
+            What::Link(t) => base(NodeKind::Symlink, 0o777, t.len() as u64),
             What::Latest => {
                 let target = self.latest_target()?;
                 base(NodeKind::Symlink, 0o777, target.len() as u64)
@@ -415,13 +618,28 @@ impl FsCore {
 
     fn latest_target(&self) -> FsResult<Vec<u8>> {
         let revs = self.revisions()?;
-        let (name, _, _) = revs.last().ok_or(FsError::NotFound)?;
-        Ok(format!("revisions/{name}").into_bytes())
+        let r = revs.last().ok_or(FsError::NotFound)?;
+        Ok(format!("revisions/{}", r.name).into_bytes())
+    }
+
+    /// Directories whose entries change as revisions arrive.
+    fn is_live(&self, ino: u64) -> bool {
+        self.inode(ino).is_ok_and(|i| {
+            matches!(
+                i.what,
+                What::Revisions
+                    | What::Groups { .. }
+                    | What::Group { .. }
+                    | What::HistoryDir { .. }
+                    | What::Versions { .. }
+            )
+        })
     }
 
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         match &self.inode(ino)?.what {
             What::Latest => self.latest_target(),
+            What::Link(t) => Ok(t.clone()),
             What::Node { node, .. } => match &node.body {
                 Body::Symlink(t) => Ok(t.clone()),
                 _ => Err(FsError::NotLink),
