@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: builds tiervault, creates a local
 # vault, backs up a sample tree twice, lists the revisions, restores one and
-# checks the restore against the source, then says where everything is.
+# checks the restore against the source, mounts the vault and reads from it,
+# then says where everything is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -45,6 +46,22 @@ echo "restored tree matches the source (notes.txt is the first version)"
 echo "== check"
 "$tv" -r "$vault" check --read-data
 
+echo "== mount: every revision as a directory"
+mnt="$demo/mnt"
+mkdir -p "$mnt"
+"$tv" -r "$vault" mount "$mnt" &
+mount_pid=$!
+for _ in $(seq 100); do [ -e "$mnt/latest" ] && break; sleep 0.1; done
+ls -l "$mnt" "$mnt/revisions"
+echo "history of notes.txt:"
+for v in "$mnt/history$sample/notes.txt"/*; do echo "  $(basename "$v"): $(cat "$v")"; done
+cp -a "$mnt/latest$sample" "$demo/copied-from-mount"
+diff -r --no-dereference "$sample" "$demo/copied-from-mount"
+echo "cp -a out of the mount matches the source"
+fusermount3 -u "$mnt"
+wait "$mount_pid"
+echo "unmounted"
+
 cat <<TXT
 
 Everything is under $demo:
@@ -53,6 +70,8 @@ Everything is under $demo:
   local cache (disposable)  $TIERVAULT_CACHE_DIR
   the sample tree           $sample
   the restored revision     $demo/restored
+  a copy made with cp -a out of the mount  $demo/copied-from-mount
+  a mount point             $mnt  (mount with: $tv -r $vault mount $mnt)
   the binary                $tv
 
 Try: TIERVAULT_PASSWORD_FILE=$TIERVAULT_PASSWORD_FILE $tv -r $vault ls latest:$sample -l

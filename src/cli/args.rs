@@ -208,7 +208,7 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub threads: usize,
     /// Memory for decoded chunks, in MiB
-    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
     pub chunk_cache: usize,
 }
 
