@@ -14,7 +14,15 @@ use std::path::{Path, PathBuf};
 pub struct LocalTier {
     root: PathBuf,
     label: String,
+    /// Recently read objects, kept open: reading many small blobs from one
+    /// pack (a restore, `tar` through the mount) must not reopen it each
+    /// time. Objects never change under their name (writes replace them by
+    /// rename), so an open handle always reads the right bytes.
+    handles: std::sync::Mutex<Vec<(String, std::sync::Arc<File>)>>,
 }
+
+/// Open handles kept per tier.
+const HANDLES: usize = 32;
 
 impl LocalTier {
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -22,6 +30,7 @@ impl LocalTier {
         let abs = std::path::absolute(&root).unwrap_or_else(|_| root.clone());
         Self {
             label: abs.display().to_string(),
+            handles: std::sync::Mutex::new(Vec::new()),
             root: abs,
         }
     }
@@ -52,6 +61,25 @@ impl LocalTier {
         }
     }
 
+    /// An open handle for `key`, from the small most-recently-used list.
+    fn handle(&self, key: &str) -> Result<std::sync::Arc<File>, TierError> {
+        let mut h = self.handles.lock().expect("handles");
+        if let Some(i) = h.iter().position(|(k, _)| k == key) {
+            let entry = h.remove(i);
+            let f = entry.1.clone();
+            h.push(entry);
+            return Ok(f);
+        }
+        drop(h);
+        let f = std::sync::Arc::new(File::open(self.root.join(key)).map_err(|e| self.err(key, e))?);
+        let mut h = self.handles.lock().expect("handles");
+        if h.len() >= HANDLES {
+            h.remove(0);
+        }
+        h.push((key.to_string(), f.clone()));
+        Ok(f)
+    }
+
     fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         let dir = path.parent().expect("object paths have a parent");
         fs::create_dir_all(dir)?;
@@ -80,7 +108,7 @@ impl Tier for LocalTier {
     }
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, TierError> {
-        let f = File::open(self.root.join(key)).map_err(|e| self.err(key, e))?;
+        let f = self.handle(key)?;
         let mut buf = vec![0u8; len as usize];
         f.read_exact_at(&mut buf, offset).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -99,6 +127,10 @@ impl Tier for LocalTier {
     }
 
     fn put(&self, key: &str, data: &[u8]) -> Result<(), TierError> {
+        self.handles
+            .lock()
+            .expect("handles")
+            .retain(|(k, _)| k != key);
         self.write_atomic(&self.root.join(key), data)
             .map_err(|e| self.err(key, e))
     }
@@ -143,6 +175,10 @@ impl Tier for LocalTier {
     }
 
     fn delete(&self, key: &str) -> Result<(), TierError> {
+        self.handles
+            .lock()
+            .expect("handles")
+            .retain(|(k, _)| k != key);
         match fs::remove_file(self.root.join(key)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
