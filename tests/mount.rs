@@ -244,3 +244,47 @@ fn a_new_revision_appears_without_remounting() {
     assert_eq!(fs::read(via_tag).unwrap(), b"second");
     assert_eq!(fs::read_dir(mnt.join("by-host/laptop")).unwrap().count(), 1);
 }
+
+#[test]
+fn daemon_mode_returns_once_mounted_and_stops_on_unmount() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), "x").unwrap();
+    env.ok(["backup", src.to_str().unwrap()]);
+    let mnt = env.path("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    // Unmounts even when an assertion below fails.
+    let _guard = Mount {
+        child: None,
+        dir: mnt.clone(),
+    };
+    let out = env.ok([
+        std::ffi::OsStr::new("mount"),
+        "--daemon".as_ref(),
+        mnt.as_os_str(),
+    ]);
+    assert!(out.contains("mounted on"), "{out}");
+    // Ready when the command returns: no waiting.
+    let f = mnt
+        .join("latest")
+        .join(src.strip_prefix("/").unwrap())
+        .join("f");
+    assert_eq!(fs::read(&f).unwrap(), b"x");
+    assert!(Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success());
+    assert!(!mounted(&mnt));
+
+    let o = env
+        .cmd()
+        .args(["mount", "--daemon", "/nonexistent/mount/point"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("the mount did not start"));
+}

@@ -201,6 +201,9 @@ pub struct MountArgs {
     /// Empty directory to mount on
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
+    /// Detach once the mount is ready (the command returns; stop it with `fusermount3 -u DIR`)
+    #[arg(long)]
+    pub daemon: bool,
     /// Let other users enter the mount; the stored modes are enforced (needs user_allow_other in /etc/fuse.conf for non-root)
     #[arg(long)]
     pub allow_other: bool,

@@ -205,7 +205,14 @@ pub fn manpages(a: &ManpagesArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// The environment variable naming the descriptor on which a detached
+/// mount reports that it is ready.
+const READY_FD: &str = "TIERVAULT_MOUNT_READY_FD";
+
 pub fn mount(s: &Settings, a: &MountArgs) -> anyhow::Result<i32> {
+    if a.daemon {
+        return detach(s, a);
+    }
     // The mount keeps its own local index, so backups can run meanwhile.
     let repo = s.open_named("mount-index")?;
     let opts = tiervault::mount::MountOptions {
@@ -219,7 +226,80 @@ pub fn mount(s: &Settings, a: &MountArgs) -> anyhow::Result<i32> {
         if !quiet {
             eprintln!("mounted on {dir}; stop with Ctrl-C or `fusermount3 -u {dir}`");
         }
+        if let Some(fd) = std::env::var(READY_FD)
+            .ok()
+            .and_then(|v| v.parse::<i32>().ok())
+        {
+            // SAFETY: the descriptor was handed to us for this one write.
+            unsafe {
+                libc::write(fd, b"1".as_ptr().cast(), 1);
+                libc::close(fd);
+            }
+        }
     })
     .map_err(anyhow::Error::msg)?;
     Ok(0)
+}
+
+/// `mount --daemon`: runs the mount again in a new session, waits until it
+/// is ready, then returns. Its messages go to `<cache dir>/mount.log`.
+fn detach(s: &Settings, a: &MountArgs) -> anyhow::Result<i32> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills the two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("cannot create a pipe: {}", std::io::Error::last_os_error());
+    }
+    let (r, w) = (fds[0], fds[1]);
+    std::fs::create_dir_all(&s.cache_root)
+        .with_context(|| format!("cannot create {}", s.cache_root.display()))?;
+    let log_path = s.cache_root.join("mount.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot write {}", log_path.display()))?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip(1)
+        .filter(|x| x != "--daemon")
+        .collect();
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(args)
+        .env(READY_FD, "3")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 || libc::dup2(w, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().context("cannot start the mount process")?;
+    // SAFETY: our copy of the write end is not needed; the child has its own.
+    unsafe { libc::close(w) };
+    // SAFETY: r is the read end we own.
+    let mut ready = unsafe { <std::fs::File as std::os::unix::io::FromRawFd>::from_raw_fd(r) };
+    let mut buf = [0u8; 1];
+    if ready.read(&mut buf).unwrap_or(0) == 1 {
+        if !s.quiet {
+            println!(
+                "mounted on {} (process {}); stop with `fusermount3 -u {}`",
+                a.dir.display(),
+                child.id(),
+                a.dir.display()
+            );
+        }
+        return Ok(0);
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    bail!(
+        "the mount did not start: {}",
+        log.trim()
+            .lines()
+            .last()
+            .unwrap_or("no message")
+            .trim_start_matches("tiervault: error: ")
+    )
 }
