@@ -129,11 +129,7 @@ fn cp_and_rsync_out_of_the_mount_reproduce_the_nasty_tree() {
 #[test]
 fn writes_are_refused_and_signals_and_unmounts_end_it_cleanly() {
     let env = Env::new();
-    env.init();
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("f"), "x").unwrap();
-    env.ok(["backup", src.to_str().unwrap()]);
+    let src = env.backed_up(&[("f", b"x")]);
     let mnt = env.path("mnt");
 
     let mut m = Mount::start(&env, &mnt);
@@ -180,11 +176,7 @@ fn writes_are_refused_and_signals_and_unmounts_end_it_cleanly() {
 #[test]
 fn a_new_revision_appears_without_remounting() {
     let env = Env::new();
-    env.init();
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("f"), "first").unwrap();
-    env.ok(["backup", src.to_str().unwrap()]);
+    let src = env.backed_up(&[("f", b"first")]);
     let mnt = env.path("mnt");
     let _m = Mount::start(&env, &mnt);
     let first = fs::read_link(mnt.join("latest")).unwrap();
@@ -248,11 +240,7 @@ fn a_new_revision_appears_without_remounting() {
 #[test]
 fn daemon_mode_returns_once_mounted_and_stops_on_unmount() {
     let env = Env::new();
-    env.init();
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("f"), "x").unwrap();
-    env.ok(["backup", src.to_str().unwrap()]);
+    let src = env.backed_up(&[("f", b"x")]);
     let mnt = env.path("mnt");
     fs::create_dir_all(&mnt).unwrap();
     // Unmounts even when an assertion below fails.

@@ -231,10 +231,6 @@ fn top_what(ino: u64) -> What {
     }
 }
 
-fn stamp_now() -> Timestamp {
-    crate::repo::now()
-}
-
 impl FsCore {
     /// `chunk_cache` bytes of decoded chunks are kept in memory.
     pub fn new(repo: Arc<Repository>, chunk_cache: usize) -> Self {
@@ -278,7 +274,7 @@ impl FsCore {
             }),
             uid,
             gid,
-            started: stamp_now(),
+            started: crate::repo::now(),
         }
     }
 

@@ -80,6 +80,19 @@ impl Env {
         ])
     }
 
+    /// Creates the repository, a source directory `src` holding `files`,
+    /// and one backup of it; returns the source path.
+    pub fn backed_up(&self, files: &[(&str, &[u8])]) -> PathBuf {
+        self.init();
+        let src = self.path("src");
+        std::fs::create_dir_all(&src).unwrap();
+        for (name, data) in files {
+            std::fs::write(src.join(name), data).unwrap();
+        }
+        self.ok([std::ffi::OsStr::new("backup"), src.as_os_str()]);
+        src
+    }
+
     /// Creates the repository with cheap key derivation (tests only).
     pub fn init(&self) {
         self.ok(["init", "--kdf-memory", "1024", "--kdf-iterations", "1"]);
