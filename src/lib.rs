@@ -9,6 +9,7 @@ pub mod backup;
 pub mod format;
 pub mod fsmeta;
 pub mod index;
+pub mod lru;
 pub mod maintenance;
 pub mod mount;
 pub mod repo;

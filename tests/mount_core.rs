@@ -10,13 +10,16 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use tiervault::backup::{self, BackupOptions};
 use tiervault::format::crypto::KdfParams;
-use tiervault::mount::core::{FsCore, ROOT};
+use tiervault::mount::core::{CoreOptions, FsCore, ROOT};
+use tiervault::repo::cache::DiskCache;
 use tiervault::repo::Repository;
 use tiervault::tier::local::LocalTier;
 
 struct Fixture {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     core: FsCore,
+    /// The directory holding `f` and the small files.
+    parent: u64,
     ino: u64,
     model: Vec<u8>,
     /// The source's data regions, as its file system reports them.
@@ -34,6 +37,9 @@ fn fixture() -> Fixture {
     f.write_all_at(&a, 0).unwrap();
     f.write_all_at(&b, 4 << 20).unwrap();
     f.set_len(16 << 20).unwrap();
+    for i in 0..40 {
+        fs::write(src.join(format!("small-{i:02}")), format!("small file {i}")).unwrap();
+    }
     let mut model = vec![0u8; 16 << 20];
     model[..a.len()].copy_from_slice(&a);
     model[4 << 20..(4 << 20) + b.len()].copy_from_slice(&b);
@@ -62,29 +68,178 @@ fn fixture() -> Fixture {
     };
     backup::run(repo.clone(), &opts).unwrap();
 
-    let core = FsCore::new(repo, 8 << 20);
+    let core = FsCore::new(repo, options(8 << 20));
     let names: Vec<Vec<u8>> = core.list(ROOT).unwrap().into_iter().map(|e| e.2).collect();
     let want: Vec<&[u8]> = vec![b"latest", b"revisions", b"by-host", b"by-tag", b"history"];
     assert_eq!(names, want);
     // Walk revisions/<only>/<src components>/f.
-    let mut ino = core.lookup(ROOT, b"revisions").unwrap().ino;
-    let rev = core.list(ino).unwrap();
-    assert_eq!(rev.len(), 1);
-    ino = rev[0].0;
+    let rev = core.lookup(ROOT, b"revisions").unwrap().ino;
+    assert_eq!(core.list(rev).unwrap().len(), 1);
+    let parent = walk(&core, &src);
+    let ino = core.lookup(parent, b"f").unwrap().ino;
+    Fixture {
+        dir,
+        core,
+        parent,
+        ino,
+        model,
+        data,
+    }
+}
+
+fn options(chunk_cache: usize) -> CoreOptions {
+    CoreOptions {
+        chunk_cache,
+        idle_inodes: 4,
+        ..CoreOptions::default()
+    }
+}
+
+/// The mount's path of the source directory, under `revisions/<only>/`.
+fn walk(core: &FsCore, src: &std::path::Path) -> u64 {
+    let rev = core.lookup(ROOT, b"revisions").unwrap().ino;
+    let mut ino = core.list(rev).unwrap()[0].0;
     for comp in src.strip_prefix("/").unwrap().components() {
         ino = core
             .lookup(ino, comp.as_os_str().as_encoded_bytes())
             .unwrap()
             .ino;
     }
-    let ino = core.lookup(ino, b"f").unwrap().ino;
-    Fixture {
-        _dir: dir,
-        core,
-        ino,
-        model,
-        data,
+    ino
+}
+
+#[test]
+fn forgotten_inodes_are_dropped_and_come_back_with_their_numbers() {
+    let fx = fixture();
+    let names: Vec<Vec<u8>> = (0..40)
+        .map(|i| format!("small-{i:02}").into_bytes())
+        .collect();
+    let mut first = Vec::new();
+    for n in &names {
+        let a = fx.core.lookup(fx.parent, n).unwrap();
+        fx.core.remember(a.ino);
+        first.push(a);
     }
+    let (held, _) = fx.core.inode_counts();
+    for a in &first {
+        fx.core.forget(a.ino, 1);
+    }
+    let (live, numbered) = fx.core.inode_counts();
+    // Only the 4 most recently idle stay decoded; every number is kept.
+    assert!(live + 36 <= held, "live {live}, held before {held}");
+    assert!(numbered >= 40 + 5);
+    for (n, a) in names.iter().zip(&first) {
+        let again = fx.core.lookup(fx.parent, n).unwrap();
+        assert_eq!(&again, a, "{}", String::from_utf8_lossy(n));
+        // getattr of a dropped number decodes it again from its parent.
+        fx.core.forget(again.ino, 0);
+        assert_eq!(&fx.core.getattr(a.ino).unwrap(), a);
+    }
+}
+
+#[test]
+fn open_directory_is_a_snapshot_with_dots() {
+    let fx = fixture();
+    let fh = fx.core.opendir(fx.parent).unwrap();
+    let got = fx.core.dir_entries(fh).unwrap();
+    assert_eq!(got[0].name, b".");
+    assert_eq!(got[0].ino, fx.parent);
+    assert_eq!(got[1].name, b"..");
+    let rest: Vec<_> = got[2..]
+        .iter()
+        .map(|e| (e.ino, e.kind, e.name.clone()))
+        .collect();
+    assert_eq!(rest, fx.core.list(fx.parent).unwrap());
+    // Attributes come from the snapshot, and match getattr.
+    for e in &got[2..] {
+        assert_eq!(
+            fx.core.entry_attr(e).unwrap(),
+            fx.core.getattr(e.ino).unwrap()
+        );
+    }
+    assert_eq!(got.len(), 2 + 41);
+    fx.core.releasedir(fh);
+    assert_eq!(fx.core.dir_entries(fh).unwrap_err().errno(), libc::EBADF);
+}
+
+#[test]
+fn sequential_reads_fetch_ahead() {
+    let fx = fixture();
+    let fh = fx.core.open(fx.ino).unwrap();
+    // A read at the start queues what follows within the read-ahead
+    // window (8 MiB): the 300 KB head, and the data from 4 MiB on.
+    assert_eq!(fx.core.read(fh, 0, 4096).unwrap(), fx.model[..4096]);
+    let want = 300_000 + (3 << 20);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while fx.core.chunk_bytes() < want && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        fx.core.chunk_bytes() >= want,
+        "read-ahead fetched only {} bytes",
+        fx.core.chunk_bytes()
+    );
+    // The fetched chunks serve the next reads without storage.
+    let next = fx
+        .core
+        .read_cached(fh, 4 << 20, 1 << 20)
+        .expect("in memory");
+    assert!(next == fx.model[4 << 20..5 << 20]);
+    // A read far from the last one is not sequential: nothing more is queued.
+    let fh2 = fx.core.open(fx.ino).unwrap();
+    let before = fx.core.chunk_bytes();
+    assert!(fx.core.read(fh2, 15 << 20, 10).unwrap() == vec![0; 10]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(fx.core.chunk_bytes(), before);
+}
+
+/// The fixture's repository opened again, with a second index and fresh
+/// tier handles (the first keeps pack files open).
+fn reopen(fx: &Fixture, name: &str) -> Arc<Repository> {
+    Arc::new(
+        Repository::open_named(
+            Box::new(LocalTier::new(fx.dir.path().join("repo"))),
+            &|| Ok(b"pw".to_vec()),
+            &fx.dir.path().join("cache"),
+            name,
+        )
+        .unwrap(),
+    )
+}
+
+#[test]
+fn disk_cache_serves_data_the_tiers_lost() {
+    let fx = fixture();
+    let cache_dir = fx.dir.path().join("blob-cache");
+    let src = fx.dir.path().join("src");
+    let mount = |repo: Arc<Repository>, disk: bool| {
+        let opts = CoreOptions {
+            disk_cache: disk.then(|| DiskCache::open(&cache_dir, 64 << 20).unwrap()),
+            read_ahead: 0,
+            ..options(1 << 20)
+        };
+        let core = FsCore::new(repo, opts);
+        let ino = core.lookup(walk(&core, &src), b"f").unwrap().ino;
+        let fh = core.open(ino).unwrap();
+        (core, fh)
+    };
+    let (core, fh) = mount(reopen(&fx, "one"), true);
+    assert!(core.read(fh, 0, 16 << 20).unwrap() == fx.model);
+    assert!(fs::read_dir(&cache_dir).unwrap().count() >= 2);
+    drop(core);
+    // Every pack gone from the tier: a new mount (empty memory cache) still
+    // reads the file, from the disk cache alone.
+    for p in common::files_under(&fx.dir.path().join("repo/data")) {
+        fs::remove_file(p).unwrap();
+    }
+    // (The trees stay in that index's local tree cache.)
+    let (core, fh) = mount(reopen(&fx, "one"), true);
+    assert!(core.read(fh, 0, 16 << 20).unwrap() == fx.model);
+    drop(core);
+    // Without it, the same read fails with EIO, and the mount goes on.
+    let (core, fh) = mount(reopen(&fx, "one"), false);
+    assert_eq!(core.read(fh, 0, 4096).unwrap_err().errno(), libc::EIO);
+    assert!(core.lookup(ROOT, b"latest").is_ok());
 }
 
 #[test]

@@ -213,16 +213,41 @@ pub fn mount(s: &Settings, a: &MountArgs) -> anyhow::Result<i32> {
     if a.daemon {
         return detach(s, a);
     }
+    // A long-lived mount gives memory back: chunk buffers (most are larger
+    // than 512 KiB) are mapped and unmapped, and few arenas are kept.
+    // SAFETY: mallopt only adjusts glibc's allocator thresholds.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 10);
+    }
     // The mount keeps its own local index, so backups can run meanwhile.
     let repo = s.open_named("mount-index")?;
+    // Only data from a remote tier is worth keeping on local disk.
+    let disk_cache = if a.disk_cache > 0 && repo.store().is_remote() {
+        let dir = repo.cache_dir().join("blobs");
+        Some(
+            tiervault::repo::cache::DiskCache::open(&dir, a.disk_cache << 20)
+                .with_context(|| format!("cannot use {} as the blob cache", dir.display()))?,
+        )
+    } else {
+        None
+    };
     let opts = tiervault::mount::MountOptions {
         allow_other: a.allow_other,
         threads: a.threads,
-        chunk_cache: a.chunk_cache << 20,
+        core: tiervault::mount::core::CoreOptions {
+            chunk_cache: a.chunk_cache << 20,
+            tree_cache: a.tree_cache << 20,
+            read_ahead: a.read_ahead << 20,
+            read_ahead_threads: 2,
+            disk_cache,
+            ..Default::default()
+        },
     };
     let dir = a.dir.display().to_string();
     let quiet = s.quiet;
-    tiervault::mount::run(repo, &a.dir, &opts, || {
+    tiervault::mount::run(repo, &a.dir, opts, || {
         if !quiet {
             eprintln!("mounted on {dir}; stop with Ctrl-C or `fusermount3 -u {dir}`");
         }

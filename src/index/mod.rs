@@ -104,9 +104,20 @@ impl Index {
         opts.set_max_open_files(256);
         opts.set_keep_log_file_num(2);
         opts.set_write_buffer_size(16 << 20);
-        let cfs = CFS
-            .iter()
-            .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
+        // One block cache for all column families, so memory stays bounded
+        // (the default gives each its own 8 MiB cache and 64 MiB memtable).
+        let cache = rocksdb::Cache::new_lru_cache(8 << 20).map_err(|e| IndexError::Rocks {
+            path: path.into(),
+            msg: e.to_string(),
+        })?;
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        let cfs = CFS.iter().map(|n| {
+            let mut o = Options::default();
+            o.set_write_buffer_size(16 << 20);
+            o.set_block_based_table_factory(&table);
+            ColumnFamilyDescriptor::new(*n, o)
+        });
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {
             let msg = e.to_string();
             if msg.contains("lock") && (msg.contains("unavailable") || msg.contains("Resource")) {

@@ -10,12 +10,18 @@
 //!   a directory holding one entry per distinct version of it, named by the
 //!   time that version first appeared.
 //!
-//! Inodes: an inode's identity (parent, name, what it shows) never changes,
-//! and `(parent, name)` always maps to the same number, so numbers are
-//! stable for the life of the mount. Entries of one revision that are
-//! hardlinks of each other share one inode. Trees are decoded only when a
-//! directory is first looked into (from the local tree cache or the tiers);
-//! nothing loads a whole revision or the whole index.
+//! Inodes: `(parent, name)` always maps to the same number, so numbers are
+//! stable for the life of the mount, and entries of one revision that are
+//! hardlinks of each other share one number. What an inode shows is decoded
+//! only while the kernel holds a reference to it (its lookup count) or while
+//! it is among the most recently used idle ones; the rest keep only their
+//! parent and name (about 100 bytes each) and are decoded again from the
+//! parent's tree on demand. Decoded trees sit in an LRU with a byte limit,
+//! chunks in a second one, and, for remote tiers, in an on-disk cache.
+//! Nothing loads a whole revision or the whole index.
+//!
+//! Sequential reads queue the next chunks of the file on read-ahead
+//! threads, so fetching and decrypting overlap with the reader.
 //!
 //! The revision list is refreshed at most every `REFRESH` when the root or
 //! `revisions/` is read, so a backup that finishes while the mount is up
@@ -23,9 +29,12 @@
 
 use crate::format::tree::{Body, Meta, Node, NodeKind, Segment, Timestamp};
 use crate::format::BlobId;
+use crate::lru::Lru;
+use crate::repo::cache::DiskCache;
 use crate::repo::{RepoError, Repository};
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 pub const ROOT: u64 = 1;
@@ -35,6 +44,8 @@ const BY_HOST: u64 = 4;
 const BY_TAG: u64 = 5;
 const HISTORY: u64 = 6;
 const REFRESH: Duration = Duration::from_secs(2);
+/// Inode numbers below this are the fixed entries; they are never dropped.
+const FIRST_DYNAMIC: u64 = 16;
 
 /// Every failure maps to one errno, by name (see `errno`).
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +68,8 @@ pub enum FsError {
     Invalid,
     #[error("storage: {0}")]
     Storage(#[from] RepoError),
+    #[error("{0}")]
+    Read(String),
 }
 
 impl FsError {
@@ -70,7 +83,7 @@ impl FsError {
             FsError::BadHandle => libc::EBADF,
             FsError::NoData => libc::ENXIO,
             FsError::Invalid => libc::EINVAL,
-            FsError::Storage(_) => libc::EIO,
+            FsError::Storage(_) | FsError::Read(_) => libc::EIO,
         }
     }
 }
@@ -107,8 +120,26 @@ enum What {
     /// the revision's root tree, which scopes hardlink identity.
     Node {
         rev: BlobId,
-        node: Arc<Node>,
+        node: NodeRef,
     },
+}
+
+/// A node inside its decoded directory (shared with the tree cache and its
+/// siblings, not copied), or one made up for the mount.
+#[derive(Debug, Clone)]
+enum NodeRef {
+    InTree(Arc<Vec<Node>>, usize),
+    Own(Arc<Node>),
+}
+
+impl std::ops::Deref for NodeRef {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        match self {
+            NodeRef::InTree(tree, i) => &tree[*i],
+            NodeRef::Own(n) => n,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -136,18 +167,50 @@ pub struct Attr {
 }
 
 struct OpenFile {
+    ino: u64,
     segments: Vec<Segment>,
     /// Start offset of each segment.
     starts: Vec<u64>,
     size: u64,
+    /// Where the last read ended, to recognise sequential reading.
+    last_end: AtomicU64,
+    /// Segments before this index have been queued for read-ahead.
+    ahead: AtomicUsize,
 }
 
+/// The inode table. Every number ever given keeps its parent and name
+/// (`names`, `by_name`); what it shows (`live`) is kept while the kernel
+/// holds lookups on it (`counts`) or while it is among the `idle_limit`
+/// most recently idle ones.
 #[derive(Default)]
 struct Table {
-    inodes: HashMap<u64, Arc<Inode>>,
-    by_name: HashMap<(u64, Vec<u8>), u64>,
+    live: HashMap<u64, Arc<Inode>>,
+    counts: HashMap<u64, u64>,
+    names: HashMap<u64, (u64, Arc<[u8]>)>,
+    by_name: HashMap<u64, HashMap<Arc<[u8]>, u64>>,
     links: HashMap<(BlobId, u64, u64), u64>,
+    idle: VecDeque<u64>,
+    idle_limit: usize,
     next: u64,
+}
+
+impl Table {
+    fn find(&self, parent: u64, name: &[u8]) -> Option<u64> {
+        self.by_name.get(&parent)?.get(name).copied()
+    }
+
+    /// Queues `ino` to be dropped once enough others went idle after it.
+    fn went_idle(&mut self, ino: u64) {
+        self.idle.push_back(ino);
+        while self.idle.len() > self.idle_limit {
+            let Some(old) = self.idle.pop_front() else {
+                break;
+            };
+            if old >= FIRST_DYNAMIC && !self.counts.contains_key(&old) {
+                self.live.remove(&old);
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -164,49 +227,150 @@ struct Revs {
     list: Vec<RevInfo>,
 }
 
-/// A small LRU of decoded chunks, so small reads of one chunk and files that
-/// share chunks do not fetch the same blob again.
-struct ChunkCache {
-    map: HashMap<BlobId, Arc<Vec<u8>>>,
-    order: VecDeque<BlobId>,
-    bytes: usize,
-    limit: usize,
+/// A chunk being fetched by one thread; others wanting it wait here.
+#[derive(Default)]
+struct Pending {
+    done: Mutex<Option<Result<Arc<Vec<u8>>, String>>>,
+    cv: Condvar,
 }
 
-impl ChunkCache {
-    fn get(&mut self, id: &BlobId) -> Option<Arc<Vec<u8>>> {
-        let v = self.map.get(id)?.clone();
-        if let Some(p) = self.order.iter().position(|x| x == id) {
-            self.order.remove(p);
-        }
-        self.order.push_back(*id);
-        Some(v)
+/// Decoded chunks: an LRU in memory, the on-disk cache below it, and one
+/// fetch per chunk however many readers want it at once.
+struct Chunks {
+    repo: Arc<Repository>,
+    disk: Option<DiskCache>,
+    lru: Mutex<Lru<BlobId, Arc<Vec<u8>>>>,
+    inflight: Mutex<HashMap<BlobId, Arc<Pending>>>,
+}
+
+impl Chunks {
+    fn cached(&self, id: &BlobId) -> Option<Arc<Vec<u8>>> {
+        self.lru.lock().expect("chunks").get(id)
     }
-    fn put(&mut self, id: BlobId, data: Arc<Vec<u8>>) {
-        if self.map.contains_key(&id) {
-            return;
+
+    fn get(&self, id: &BlobId) -> FsResult<Arc<Vec<u8>>> {
+        if let Some(c) = self.cached(id) {
+            return Ok(c);
         }
-        self.bytes += data.len();
-        self.map.insert(id, data);
-        self.order.push_back(id);
-        while self.bytes > self.limit {
-            let Some(old) = self.order.pop_front() else {
-                break;
-            };
-            if let Some(d) = self.map.remove(&old) {
-                self.bytes -= d.len();
+        let (pending, mine) = {
+            let mut m = self.inflight.lock().expect("inflight");
+            match m.get(id) {
+                Some(p) => (p.clone(), false),
+                None => {
+                    let p = Arc::new(Pending::default());
+                    m.insert(*id, p.clone());
+                    (p, true)
+                }
             }
+        };
+        if !mine {
+            let mut done = pending.done.lock().expect("pending");
+            while done.is_none() {
+                done = pending.cv.wait(done).expect("pending");
+            }
+            return done.clone().expect("checked above").map_err(FsError::Read);
+        }
+        // Another fetch may have finished between the miss and the claim.
+        let res = match self.cached(id) {
+            Some(c) => Ok(c),
+            None => self
+                .repo
+                .read_blob_cached(id, self.disk.as_ref())
+                .map(Arc::new),
+        };
+        if let Ok(d) = &res {
+            self.lru
+                .lock()
+                .expect("chunks")
+                .put(*id, d.clone(), d.len());
+        }
+        *pending.done.lock().expect("pending") =
+            Some(res.as_ref().map(Arc::clone).map_err(|e| e.to_string()));
+        pending.cv.notify_all();
+        self.inflight.lock().expect("inflight").remove(id);
+        res.map_err(FsError::Storage)
+    }
+}
+
+/// Limits of the mount's caches.
+pub struct CoreOptions {
+    /// Bytes of decoded chunks kept in memory.
+    pub chunk_cache: usize,
+    /// Bytes (estimated) of decoded trees kept in memory.
+    pub tree_cache: usize,
+    /// How far ahead of a sequential reader chunks are fetched.
+    pub read_ahead: u64,
+    /// Threads that fetch read-ahead chunks.
+    pub read_ahead_threads: usize,
+    /// The on-disk cache of fetched blobs, for remote tiers.
+    pub disk_cache: Option<DiskCache>,
+    /// Decoded inodes the kernel holds no reference to, kept for reuse.
+    pub idle_inodes: usize,
+}
+
+impl Default for CoreOptions {
+    fn default() -> Self {
+        Self {
+            chunk_cache: 24 << 20,
+            tree_cache: 8 << 20,
+            read_ahead: 8 << 20,
+            read_ahead_threads: 2,
+            disk_cache: None,
+            idle_inodes: 16384,
         }
     }
 }
+
+/// A decoded tree's approximate size in memory.
+fn tree_weight(nodes: &[Node]) -> usize {
+    nodes
+        .iter()
+        .map(|n| {
+            let xattrs: usize = n
+                .meta
+                .xattrs
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 48)
+                .sum();
+            let body = match &n.body {
+                Body::File(s) => s.len() * std::mem::size_of::<Segment>(),
+                Body::Symlink(t) => t.len(),
+                _ => 0,
+            };
+            std::mem::size_of::<Node>()
+                + n.name.len()
+                + n.meta.user.len()
+                + n.meta.group.len()
+                + xattrs
+                + body
+        })
+        .sum()
+}
+
+/// One entry of a directory listing, with what it shows, so answering
+/// for it needs no second listing.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub ino: u64,
+    pub kind: NodeKind,
+    pub name: Vec<u8>,
+    what: What,
+}
+
+/// Entries of an open directory, `.` and `..` first.
+pub type DirEntries = Arc<Vec<Entry>>;
 
 pub struct FsCore {
     repo: Arc<Repository>,
     table: Mutex<Table>,
     revs: Mutex<Revs>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
-    next_fh: std::sync::atomic::AtomicU64,
-    chunks: Mutex<ChunkCache>,
+    dirs: Mutex<HashMap<u64, DirEntries>>,
+    next_fh: AtomicU64,
+    chunks: Arc<Chunks>,
+    trees: Mutex<Lru<BlobId, Arc<Vec<Node>>>>,
+    read_ahead: u64,
+    ahead_tx: Option<crossbeam_channel::Sender<(Arc<Chunks>, BlobId)>>,
     uid: u32,
     gid: u32,
     started: Timestamp,
@@ -232,13 +396,13 @@ fn top_what(ino: u64) -> What {
 }
 
 impl FsCore {
-    /// `chunk_cache` bytes of decoded chunks are kept in memory.
-    pub fn new(repo: Arc<Repository>, chunk_cache: usize) -> Self {
+    pub fn new(repo: Arc<Repository>, opts: CoreOptions) -> Self {
         let mut t = Table {
-            next: 16,
+            next: FIRST_DYNAMIC,
+            idle_limit: opts.idle_inodes,
             ..Table::default()
         };
-        t.inodes.insert(
+        t.live.insert(
             ROOT,
             Arc::new(Inode {
                 parent: ROOT,
@@ -246,18 +410,44 @@ impl FsCore {
             }),
         );
         for (ino, name, _) in TOP {
-            t.inodes.insert(
+            t.live.insert(
                 ino,
                 Arc::new(Inode {
                     parent: ROOT,
                     what: top_what(ino),
                 }),
             );
-            t.by_name.insert((ROOT, name.to_vec()), ino);
+            let name: Arc<[u8]> = name.into();
+            t.names.insert(ino, (ROOT, name.clone()));
+            t.by_name.entry(ROOT).or_default().insert(name, ino);
         }
+        let ahead_tx = (opts.read_ahead > 0 && opts.read_ahead_threads > 0).then(|| {
+            let (tx, rx) = crossbeam_channel::unbounded::<(Arc<Chunks>, BlobId)>();
+            for i in 0..opts.read_ahead_threads {
+                let rx = rx.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("read-ahead-{i}"))
+                    .spawn(move || {
+                        for (chunks, id) in rx {
+                            // A failure is reported to the reader that needs it.
+                            let _ = chunks.get(&id);
+                        }
+                    });
+                if spawned.is_err() {
+                    break;
+                }
+            }
+            tx
+        });
         // SAFETY: getuid/getgid have no preconditions.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Self {
+            chunks: Arc::new(Chunks {
+                repo: repo.clone(),
+                disk: opts.disk_cache,
+                lru: Mutex::new(Lru::new(opts.chunk_cache)),
+                inflight: Mutex::new(HashMap::new()),
+            }),
             repo,
             table: Mutex::new(t),
             revs: Mutex::new(Revs {
@@ -265,27 +455,118 @@ impl FsCore {
                 list: Vec::new(),
             }),
             files: Mutex::new(HashMap::new()),
-            next_fh: std::sync::atomic::AtomicU64::new(1),
-            chunks: Mutex::new(ChunkCache {
-                map: HashMap::new(),
-                order: VecDeque::new(),
-                bytes: 0,
-                limit: chunk_cache,
-            }),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            trees: Mutex::new(Lru::new(opts.tree_cache)),
+            read_ahead: opts.read_ahead,
+            ahead_tx,
             uid,
             gid,
             started: crate::repo::now(),
         }
     }
 
+    /// What `ino` shows, decoded again from its parent's tree if it was
+    /// dropped.
     fn inode(&self, ino: u64) -> FsResult<Arc<Inode>> {
-        self.table
+        let parent = {
+            let t = self.table.lock().expect("table");
+            if let Some(i) = t.live.get(&ino) {
+                return Ok(i.clone());
+            }
+            t.names.get(&ino).ok_or(FsError::NotFound)?.0
+        };
+        // Decoded again from the parent's listing.
+        let e = self
+            .children(parent)?
+            .into_iter()
+            .find(|e| e.ino == ino)
+            .ok_or(FsError::NotFound)?;
+        Ok(self.adopt(parent, e))
+    }
+
+    /// Keeps what `e` shows decoded (again), and returns it.
+    fn adopt(&self, parent: u64, e: Entry) -> Arc<Inode> {
+        let mut t = self.table.lock().expect("table");
+        if let Some(i) = t.live.get(&e.ino) {
+            return i.clone();
+        }
+        let inode = Arc::new(Inode {
+            parent,
+            what: e.what,
+        });
+        t.live.insert(e.ino, inode.clone());
+        if !t.counts.contains_key(&e.ino) {
+            t.went_idle(e.ino);
+        }
+        inode
+    }
+
+    /// Counts the kernel's reference to an entry of a READDIRPLUS reply.
+    pub fn remember_entry(&self, parent: u64, e: &Entry) {
+        self.remember(e.ino);
+        self.adopt(parent, e.clone());
+    }
+
+    /// Counts one more kernel reference to `ino` (a lookup reply).
+    pub fn remember(&self, ino: u64) {
+        *self
+            .table
             .lock()
             .expect("table")
-            .inodes
-            .get(&ino)
-            .cloned()
-            .ok_or(FsError::NotFound)
+            .counts
+            .entry(ino)
+            .or_default() += 1;
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        let mut t = self.table.lock().expect("table");
+        let Some(c) = t.counts.get_mut(&ino) else {
+            return;
+        };
+        *c = c.saturating_sub(n);
+        if *c == 0 {
+            t.counts.remove(&ino);
+            t.went_idle(ino);
+        }
+    }
+
+    /// Bytes of decoded chunks held in memory.
+    pub fn chunk_bytes(&self) -> usize {
+        self.chunks.lru.lock().expect("chunks").weight()
+    }
+
+    /// Decoded inodes held in memory, and numbers given out in all.
+    pub fn inode_counts(&self) -> (usize, usize) {
+        let t = self.table.lock().expect("table");
+        (t.live.len(), t.names.len())
+    }
+
+    /// A directory's nodes, through the tree LRU.
+    fn tree(&self, id: &BlobId) -> FsResult<Arc<Vec<Node>>> {
+        if let Some(t) = self.trees.lock().expect("trees").get(id) {
+            return Ok(t);
+        }
+        let nodes = Arc::new(self.repo.load_tree(id)?);
+        let w = tree_weight(&nodes);
+        self.trees.lock().expect("trees").put(*id, nodes.clone(), w);
+        Ok(nodes)
+    }
+
+    /// The path of `ino` inside the mount, for messages.
+    pub fn path_of(&self, mut ino: u64) -> String {
+        let t = self.table.lock().expect("table");
+        let mut parts = Vec::new();
+        while ino != ROOT {
+            let Some((parent, name)) = t.names.get(&ino) else {
+                break;
+            };
+            parts.push(String::from_utf8_lossy(name).into_owned());
+            ino = *parent;
+        }
+        parts.reverse();
+        format!("/{}", parts.join("/"))
     }
 
     /// The revision list, oldest first, refreshed when older than `REFRESH`.
@@ -316,12 +597,7 @@ impl FsCore {
         let mut tree = *root;
         let mut found = None;
         for (i, comp) in path.iter().enumerate() {
-            let Some(n) = self
-                .repo
-                .load_tree(&tree)?
-                .into_iter()
-                .find(|n| &n.name == comp)
-            else {
+            let Some(n) = self.tree(&tree)?.iter().find(|n| &n.name == comp).cloned() else {
                 return Ok(None);
             };
             if i + 1 < path.len() {
@@ -336,7 +612,7 @@ impl FsCore {
     }
 
     /// `history/<path>`: the names any revision has at `path`.
-    fn history_list(&self, ino: u64, path: &[Vec<u8>]) -> FsResult<Vec<(u64, NodeKind, Vec<u8>)>> {
+    fn history_list(&self, ino: u64, path: &[Vec<u8>]) -> FsResult<Vec<Entry>> {
         let mut names: std::collections::BTreeMap<Vec<u8>, bool> =
             std::collections::BTreeMap::new();
         for r in self.revisions()? {
@@ -346,8 +622,8 @@ impl FsCore {
                 self.node_at(&r.tree, path)?.and_then(|n| n.subtree())
             };
             let Some(tree) = tree else { continue };
-            for n in self.repo.load_tree(&tree)? {
-                *names.entry(n.name).or_default() |= n.kind == NodeKind::Dir;
+            for n in self.tree(&tree)?.iter() {
+                *names.entry(n.name.clone()).or_default() |= n.kind == NodeKind::Dir;
             }
         }
         Ok(names
@@ -360,14 +636,14 @@ impl FsCore {
                 } else {
                     What::Versions { path: p }
                 };
-                (self.child(ino, &name, what), NodeKind::Dir, name)
+                self.child(ino, name, NodeKind::Dir, what)
             })
             .collect())
     }
 
     /// One entry per distinct version of the file at `path`, named by the
     /// revision where that version first appeared.
-    fn versions(&self, ino: u64, path: &[Vec<u8>]) -> FsResult<Vec<(u64, NodeKind, Vec<u8>)>> {
+    fn versions(&self, ino: u64, path: &[Vec<u8>]) -> FsResult<Vec<Entry>> {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         for r in self.revisions()? {
@@ -382,46 +658,53 @@ impl FsCore {
                 name: name.clone(),
                 ..n
             };
-            out.push((
-                self.child(
-                    ino,
-                    &name,
-                    What::Node {
-                        rev: r.tree,
-                        node: Arc::new(node),
-                    },
-                ),
-                kind,
+            out.push(self.child(
+                ino,
                 name,
+                kind,
+                What::Node {
+                    rev: r.tree,
+                    node: NodeRef::Own(Arc::new(node)),
+                },
             ));
         }
         Ok(out)
     }
 
-    /// The inode for `(parent, name)`, created on first sight.
-    fn child(&self, parent: u64, name: &[u8], what: What) -> u64 {
+    /// The entry for `(parent, name)`, numbered on first sight. Listing
+    /// decodes nothing into the table; looking an entry up does.
+    fn child(&self, parent: u64, name: Vec<u8>, kind: NodeKind, what: What) -> Entry {
         let mut t = self.table.lock().expect("table");
-        if let Some(&ino) = t.by_name.get(&(parent, name.to_vec())) {
-            return ino;
-        }
         let link = match &what {
             What::Node { rev, node } => node.link_key().map(|(dev, ino)| (*rev, dev, ino)),
             _ => None,
         };
-        let ino = match link.and_then(|k| t.links.get(&k).copied()) {
-            Some(shared) => shared,
+        let ino = match t.find(parent, &name) {
+            Some(ino) => ino,
             None => {
-                let ino = t.next;
-                t.next += 1;
-                t.inodes.insert(ino, Arc::new(Inode { parent, what }));
-                if let Some(k) = link {
-                    t.links.insert(k, ino);
-                }
+                let ino = match link.and_then(|k| t.links.get(&k).copied()) {
+                    Some(shared) => shared,
+                    None => {
+                        let ino = t.next;
+                        t.next += 1;
+                        if let Some(k) = link {
+                            t.links.insert(k, ino);
+                        }
+                        ino
+                    }
+                };
+                let shared: Arc<[u8]> = name.as_slice().into();
+                t.names.entry(ino).or_insert((parent, shared.clone()));
+                t.by_name.entry(parent).or_default().insert(shared, ino);
                 ino
             }
         };
-        t.by_name.insert((parent, name.to_vec()), ino);
-        ino
+        Entry {
+            ino,
+            kind,
+            name,
+            what,
+        }
     }
 
     fn revision_dir(&self, r: &RevInfo) -> What {
@@ -438,28 +721,41 @@ impl FsCore {
         };
         What::Node {
             rev: tree,
-            node: Arc::new(Node {
+            node: NodeRef::Own(Arc::new(Node {
                 name: name.as_bytes().to_vec(),
                 kind: NodeKind::Dir,
                 meta,
                 body: Body::Dir(tree),
-            }),
+            })),
         }
     }
 
     /// Entries of a directory as `(ino, kind, name)`, without `.` and `..`.
     pub fn list(&self, ino: u64) -> FsResult<Vec<(u64, NodeKind, Vec<u8>)>> {
+        Ok(self
+            .children(ino)?
+            .into_iter()
+            .map(|e| (e.ino, e.kind, e.name))
+            .collect())
+    }
+
+    fn children(&self, ino: u64) -> FsResult<Vec<Entry>> {
         match &self.inode(ino)?.what {
             What::Root => Ok(TOP
                 .iter()
-                .map(|(ino, name, kind)| (*ino, *kind, name.to_vec()))
+                .map(|(ino, name, kind)| Entry {
+                    ino: *ino,
+                    kind: *kind,
+                    name: name.to_vec(),
+                    what: top_what(*ino),
+                })
                 .collect()),
             What::Revisions => Ok(self
                 .revisions()?
                 .into_iter()
                 .map(|r| {
-                    let ino = self.child(REVISIONS, r.name.as_bytes(), self.revision_dir(&r));
-                    (ino, NodeKind::Dir, r.name.into_bytes())
+                    let what = self.revision_dir(&r);
+                    self.child(REVISIONS, r.name.into_bytes(), NodeKind::Dir, what)
                 })
                 .collect()),
             What::Groups { tags } => {
@@ -474,11 +770,7 @@ impl FsCore {
                     .into_iter()
                     .map(|key| {
                         let name = key.clone().into_bytes();
-                        (
-                            self.child(ino, &name, What::Group { tags: *tags, key }),
-                            NodeKind::Dir,
-                            name,
-                        )
+                        self.child(ino, name, NodeKind::Dir, What::Group { tags: *tags, key })
                     })
                     .collect())
             }
@@ -494,11 +786,11 @@ impl FsCore {
                 })
                 .map(|r| {
                     let target = format!("../../revisions/{}", r.name).into_bytes();
-                    let name = r.name.into_bytes();
-                    (
-                        self.child(ino, &name, What::Link(target)),
+                    self.child(
+                        ino,
+                        r.name.into_bytes(),
                         NodeKind::Symlink,
-                        name,
+                        What::Link(target),
                     )
                 })
                 .collect()),
@@ -509,20 +801,16 @@ impl FsCore {
                 let Body::Dir(tree) = node.body else {
                     return Err(FsError::NotDir);
                 };
-                let nodes = self.repo.load_tree(&tree)?;
+                let nodes = self.tree(&tree)?;
                 Ok(nodes
-                    .into_iter()
-                    .map(|n| {
-                        let (kind, name) = (n.kind, n.name.clone());
-                        let ino = self.child(
-                            ino,
-                            &name,
-                            What::Node {
-                                rev: *rev,
-                                node: Arc::new(n),
-                            },
-                        );
-                        (ino, kind, name)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        let what = What::Node {
+                            rev: *rev,
+                            node: NodeRef::InTree(nodes.clone(), i),
+                        };
+                        self.child(ino, n.name.clone(), n.kind, what)
                     })
                     .collect())
             }
@@ -535,27 +823,31 @@ impl FsCore {
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
         // Bound first: the table lock must be released before getattr.
-        let known = self
-            .table
-            .lock()
-            .expect("table")
-            .by_name
-            .get(&(parent, name.to_vec()))
-            .copied();
+        let known = self.table.lock().expect("table").find(parent, name);
         // Directories that change as revisions arrive are listed again.
         if let (Some(ino), false) = (known, self.is_live(parent)) {
             return self.getattr(ino);
         }
-        let found = self
-            .list(parent)?
+        let e = self
+            .children(parent)?
             .into_iter()
-            .find(|(_, _, n)| n == name)
+            .find(|e| e.name == name)
             .ok_or(FsError::NotFound)?;
-        self.getattr(found.0)
+        let ino = e.ino;
+        let inode = self.adopt(parent, e);
+        self.attr(ino, &inode.what)
     }
 
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        let inode = self.inode(ino)?;
+        self.attr(ino, &self.inode(ino)?.what)
+    }
+
+    /// The attributes of a listed entry, without the inode table.
+    pub fn entry_attr(&self, e: &Entry) -> FsResult<Attr> {
+        self.attr(e.ino, &e.what)
+    }
+
+    fn attr(&self, ino: u64, what: &What) -> FsResult<Attr> {
         let base = |kind, perm, size| Attr {
             ino,
             kind,
@@ -570,7 +862,7 @@ impl FsCore {
             nlink: if kind == NodeKind::Dir { 2 } else { 1 },
             rdev: 0,
         };
-        Ok(match &inode.what {
+        Ok(match what {
             What::Root
             | What::Revisions
             | What::Groups { .. }
@@ -678,13 +970,14 @@ impl FsCore {
             starts.push(pos);
             pos += s.len();
         }
-        let fh = self
-            .next_fh
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let f = OpenFile {
+            ino,
             segments: segments.clone(),
             starts,
             size: node.meta.size,
+            last_end: AtomicU64::new(0),
+            ahead: AtomicUsize::new(0),
         };
         self.files.lock().expect("files").insert(fh, Arc::new(f));
         Ok(fh)
@@ -703,25 +996,106 @@ impl FsCore {
             .ok_or(FsError::BadHandle)
     }
 
-    fn chunk(&self, id: &BlobId) -> FsResult<Arc<Vec<u8>>> {
-        if let Some(c) = self.chunks.lock().expect("chunks").get(id) {
-            return Ok(c);
-        }
-        let data = Arc::new(self.repo.read_blob(id)?);
-        self.chunks.lock().expect("chunks").put(*id, data.clone());
-        Ok(data)
+    /// Lists a directory once for the life of a handle, so a listing that
+    /// takes many READDIR calls is consistent and decoded once.
+    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let entries = self.children(ino)?;
+        let me = self.inode(ino)?;
+        let up = self.inode(me.parent)?;
+        let dot = |ino, name: &[u8], what: &What| Entry {
+            ino,
+            kind: NodeKind::Dir,
+            name: name.to_vec(),
+            what: what.clone(),
+        };
+        let mut all = Vec::with_capacity(entries.len() + 2);
+        all.push(dot(ino, b".", &me.what));
+        all.push(dot(me.parent, b"..", &up.what));
+        all.extend(entries);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().expect("dirs").insert(fh, Arc::new(all));
+        Ok(fh)
     }
 
-    /// Reads up to `size` bytes at `offset`; holes read as zeros.
+    /// The entries of an open directory, `.` and `..` first.
+    pub fn dir_entries(&self, fh: u64) -> FsResult<DirEntries> {
+        self.dirs
+            .lock()
+            .expect("dirs")
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().expect("dirs").remove(&fh);
+    }
+
+    /// The chunks `[offset, offset + size)` of `f` needs, in order.
+    fn span(f: &OpenFile, offset: u64, size: usize) -> (usize, u64) {
+        let end = f.size.min(offset.saturating_add(size as u64));
+        // The segment holding `offset`: the last one starting at or before it.
+        (f.starts.partition_point(|&s| s <= offset) - 1, end)
+    }
+
+    /// Reads up to `size` bytes at `offset` if every chunk it needs is in
+    /// memory, without touching storage; `None` otherwise.
+    pub fn read_cached(&self, fh: u64, offset: u64, size: usize) -> Option<Vec<u8>> {
+        let f = self.file(fh).ok()?;
+        if offset >= f.size {
+            return Some(Vec::new());
+        }
+        let (first, end) = Self::span(&f, offset, size);
+        let mut i = first;
+        while i < f.segments.len() && f.starts[i] < end {
+            if let Segment::Data { id, .. } = &f.segments[i] {
+                if !self.chunks.lru.lock().expect("chunks").contains(id) {
+                    return None;
+                }
+            }
+            i += 1;
+        }
+        self.read(fh, offset, size).ok()
+    }
+
+    /// Queues the chunks after `last` for read-ahead when `f` is read
+    /// sequentially.
+    fn read_ahead(&self, f: &OpenFile, offset: u64, last: usize, end: u64) {
+        let Some(tx) = &self.ahead_tx else { return };
+        let prev = f.last_end.swap(end, Ordering::Relaxed);
+        // Concurrent kernel read-ahead requests arrive slightly out of order.
+        let sequential = offset == 0 || offset.abs_diff(prev) <= 1 << 20;
+        if !sequential {
+            return;
+        }
+        let until = end.saturating_add(self.read_ahead);
+        let mut i = f.ahead.load(Ordering::Relaxed).max(last + 1);
+        while i < f.segments.len() && f.starts[i] < until {
+            if let Segment::Data { id, .. } = &f.segments[i] {
+                if !self.chunks.lru.lock().expect("chunks").contains(id) {
+                    let _ = tx.send((self.chunks.clone(), *id));
+                }
+            }
+            i += 1;
+        }
+        f.ahead.fetch_max(i, Ordering::Relaxed);
+    }
+
+    /// Reads up to `size` bytes at `offset`; holes read as zeros. A chunk
+    /// that cannot be read or verified fails this read only, and is logged
+    /// with the file's path.
     pub fn read(&self, fh: u64, offset: u64, size: usize) -> FsResult<Vec<u8>> {
         let f = self.file(fh)?;
         if offset >= f.size {
             return Ok(Vec::new());
         }
-        let end = f.size.min(offset + size as u64);
+        let (mut i, end) = Self::span(&f, offset, size);
+        let mut last = i;
+        while last + 1 < f.segments.len() && f.starts[last + 1] < end {
+            last += 1;
+        }
+        self.read_ahead(&f, offset, last, end);
         let mut out = Vec::with_capacity((end - offset) as usize);
-        // The segment holding `offset`: the last one starting at or before it.
-        let mut i = f.starts.partition_point(|&s| s <= offset) - 1;
         let mut pos = offset;
         while pos < end {
             let seg = &f.segments[i];
@@ -730,7 +1104,12 @@ impl FsCore {
             match seg {
                 Segment::Hole { .. } => out.resize(out.len() + (upto - pos) as usize, 0),
                 Segment::Data { id, .. } => {
-                    let data = self.chunk(id)?;
+                    let data = self.chunks.get(id).inspect_err(|e| {
+                        eprintln!(
+                            "tiervault mount: cannot read {} at offset {start}: {e}",
+                            self.path_of(f.ino)
+                        )
+                    })?;
                     out.extend_from_slice(&data[(pos - start) as usize..(upto - start) as usize]);
                 }
             }

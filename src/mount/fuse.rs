@@ -1,12 +1,17 @@
 //! The `fuser` adapter: each callback calls the core and replies, or maps
 //! the error to its errno. Nothing here panics.
+//!
+//! Requests that may wait on storage (lookups, opening a directory, reads
+//! whose chunks are not in memory) are handed to a pool of workers, which
+//! reply when done; the kernel-facing threads answer everything else from
+//! memory and are never blocked by a slow tier.
 
 use super::core::{Attr, FsCore, FsError};
 use crate::format::tree::{NodeKind, Timestamp};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -17,8 +22,42 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const TTL_STATIC: Duration = Duration::from_secs(300);
 const TTL_LIVE: Duration = Duration::from_secs(1);
 
+type Job = Box<dyn FnOnce() + Send>;
+
 pub struct FuseFs {
-    pub core: Arc<FsCore>,
+    core: Arc<FsCore>,
+    jobs: crossbeam_channel::Sender<Job>,
+}
+
+impl FuseFs {
+    /// The adapter over `core`, with `workers` threads for requests that
+    /// may wait on storage.
+    pub fn new(core: Arc<FsCore>, workers: usize) -> Self {
+        let (jobs, rx) = crossbeam_channel::unbounded::<Job>();
+        for i in 0..workers {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("mount-worker-{i}"))
+                .spawn(move || {
+                    for job in rx {
+                        job();
+                    }
+                });
+            if let Err(e) = spawned {
+                eprintln!("tiervault mount: cannot start a worker thread: {e}");
+            }
+        }
+        Self { core, jobs }
+    }
+
+    /// Runs `job` on a worker with the core; if the pool is gone (the mount
+    /// is stopping), runs it here.
+    fn spawn(&self, job: impl FnOnce(&FsCore) + Send + 'static) {
+        let core = self.core.clone();
+        if let Err(back) = self.jobs.send(Box::new(move || job(&core))) {
+            (back.0)();
+        }
+    }
 }
 
 fn time(t: Timestamp) -> SystemTime {
@@ -76,18 +115,49 @@ fn ttl(ino: u64) -> Duration {
 }
 
 fn errno(e: &FsError) -> Errno {
-    if let FsError::Storage(err) = e {
-        eprintln!("tiervault mount: {err}");
-    }
     Errno::from_i32(e.errno())
 }
 
+/// Directories whose entries never change may be cached by the kernel.
+fn dir_flags(ino: u64) -> FopenFlags {
+    if ino < 16 {
+        FopenFlags::empty()
+    } else {
+        FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR
+    }
+}
+
 impl Filesystem for FuseFs {
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.core.lookup(parent.0, name.as_bytes()) {
-            Ok(a) => reply.entry(&ttl(a.ino), &attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Each is optional: an older kernel without one still works. (Not
+        // FUSE_CACHE_SYMLINKS: `latest` must move when a revision arrives.)
+        for cap in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+        ] {
+            let _ = config.add_capabilities(cap);
         }
+        if let Err(max) = config.set_max_readahead(4 << 20) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name.as_bytes().to_vec();
+        self.spawn(move |core| match core.lookup(parent.0, &name) {
+            Ok(a) => {
+                core.remember(a.ino);
+                reply.entry(&ttl(a.ino), &attr(&a), Generation(0))
+            }
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.core.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -122,10 +192,13 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.core.read(fh.0, offset, size as usize) {
+        if let Some(d) = self.core.read_cached(fh.0, offset, size as usize) {
+            return reply.data(&d);
+        }
+        self.spawn(move |core| match core.read(fh.0, offset, size as usize) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn release(
@@ -142,38 +215,87 @@ impl Filesystem for FuseFs {
         reply.ok();
     }
 
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.spawn(move |core| match core.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), dir_flags(ino.0)),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
     fn readdir(
         &self,
         _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
+        _ino: INodeNo,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.core.list(ino.0) {
+        let entries = match self.core.dir_entries(fh.0) {
             Ok(e) => e,
             Err(e) => return reply.error(errno(&e)),
         };
-        let parent = self.core.parent(ino.0).unwrap_or(ino.0);
-        let dots = [
-            (ino.0, NodeKind::Dir, b".".to_vec()),
-            (parent, NodeKind::Dir, b"..".to_vec()),
-        ];
-        for (i, (child, kind, name)) in dots
-            .into_iter()
-            .chain(entries)
-            .enumerate()
-            .skip(offset as usize)
-        {
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             if reply.add(
-                INodeNo(child),
+                INodeNo(e.ino),
                 (i + 1) as u64,
-                file_type(kind),
-                OsStr::from_bytes(&name),
+                file_type(e.kind),
+                OsStr::from_bytes(&e.name),
             ) {
                 break;
             }
         }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.core.dir_entries(fh.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let a = match self.core.entry_attr(e) {
+                Ok(a) => a,
+                Err(err) => return reply.error(errno(&err)),
+            };
+            // The kernel takes a reference to every entry but `.` and `..`.
+            let counted = i >= 2;
+            if counted {
+                self.core.remember_entry(ino.0, e);
+            }
+            if reply.add(
+                INodeNo(e.ino),
+                (i + 1) as u64,
+                OsStr::from_bytes(&e.name),
+                &ttl(e.ino),
+                &attr(&a),
+                Generation(0),
+            ) {
+                if counted {
+                    // Did not fit: the kernel never saw it.
+                    self.core.forget(e.ino, 1);
+                }
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.core.releasedir(fh.0);
         reply.ok();
     }
 

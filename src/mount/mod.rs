@@ -13,11 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Clone, Debug)]
 pub struct MountOptions {
     pub allow_other: bool,
+    /// Threads that answer requests which may wait on storage (lookups,
+    /// directory listings, reads); the kernel-facing threads never do.
     pub threads: usize,
-    pub chunk_cache: usize,
+    pub core: core::CoreOptions,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -44,11 +45,11 @@ fn check_mountpoint(dir: &Path) -> Result<(), String> {
 pub fn run(
     repo: Arc<Repository>,
     dir: &Path,
-    opts: &MountOptions,
+    opts: MountOptions,
     ready: impl FnOnce(),
 ) -> Result<(), String> {
     check_mountpoint(dir)?;
-    let core = Arc::new(core::FsCore::new(repo, opts.chunk_cache));
+    let core = Arc::new(core::FsCore::new(repo, opts.core));
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![
         fuser::MountOption::FSName("tiervault".into()),
@@ -62,13 +63,15 @@ pub fn run(
             .push(fuser::MountOption::DefaultPermissions);
         cfg.acl = fuser::SessionACL::All;
     }
-    cfg.n_threads = Some(opts.threads.max(1));
+    // Kernel-facing threads: they answer from memory and hand anything that
+    // may wait on storage to the workers.
+    cfg.n_threads = Some(2);
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    let session = fuser::spawn_mount(fuse::FuseFs { core }, dir, &cfg)
+    let session = fuser::spawn_mount(fuse::FuseFs::new(core, opts.threads.max(1)), dir, &cfg)
         .map_err(|e| format!("cannot mount on {}: {e}", dir.display()))?;
     ready();
     while !STOP.load(Ordering::SeqCst) && !session.guard.is_finished() {

@@ -5,6 +5,7 @@
 //! its methods take `&self`. The store it holds is a `TierSet`, so nothing
 //! here knows how many tiers there are.
 
+pub mod cache;
 pub mod writer;
 
 use crate::format::crypto::{KdfParams, KeyFile, Keys};
@@ -334,6 +335,16 @@ impl Repository {
 
     /// Reads, decrypts, decompresses and verifies one blob.
     pub fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
+        self.read_blob_cached(id, None)
+    }
+
+    /// `read_blob` through an on-disk cache of sealed blobs: a verified hit
+    /// costs no tier read, and a tier read is kept in the cache.
+    pub fn read_blob_cached(
+        &self,
+        id: &BlobId,
+        cache: Option<&cache::DiskCache>,
+    ) -> Result<Vec<u8>> {
         let loc = match self.index.blob(id)? {
             Some(l) => l,
             None => {
@@ -342,6 +353,13 @@ impl Repository {
                 self.index.blob(id)?.ok_or(RepoError::BlobMissing(*id))?
             }
         };
+        if let Some((c, sealed)) = cache.and_then(|c| Some((c, c.get(id)?))) {
+            // A damaged cache entry is dropped and fetched again.
+            match open_blob(&self.keys, &loc.entry, &sealed) {
+                Ok(p) => return Ok(p),
+                Err(_) => c.remove(id),
+            }
+        }
         let key = names::pack(&loc.pack);
         let mut plain = None;
         let mut last = None;
@@ -351,6 +369,9 @@ impl Repository {
             loc.entry.stored_len.into(),
             &mut |stored| match open_blob(&self.keys, &loc.entry, stored) {
                 Ok(p) => {
+                    if let Some(c) = cache {
+                        c.put(id, stored);
+                    }
                     plain = Some(p);
                     Ok(())
                 }

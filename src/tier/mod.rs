@@ -61,6 +61,10 @@ pub struct ObjectInfo {
 pub trait Tier: Send + Sync {
     /// The location as the user gives it to `-r`, for messages.
     fn name(&self) -> &str;
+    /// Whether reads cross a network (worth caching on local disk).
+    fn is_remote(&self) -> bool {
+        false
+    }
     fn get(&self, key: &str) -> Result<Vec<u8>, TierError>;
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, TierError>;
     /// Stores `data` atomically: readers see the old object or the whole new

@@ -95,6 +95,9 @@ impl Tier for TierSet {
     fn name(&self) -> &str {
         &self.label
     }
+    fn is_remote(&self) -> bool {
+        self.tiers.iter().any(|t| t.is_remote())
+    }
     fn get(&self, key: &str) -> Result<Vec<u8>, TierError> {
         self.read(|t| t.get(key))
     }
