@@ -10,6 +10,9 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     match e.downcast_ref::<RepoError>() {
         Some(RepoError::NotARepository(_)) => 10,
         Some(RepoError::WrongPassword(_)) => 12,
+        Some(RepoError::Writer(tiervault::tier::set::WriteError::AnotherInstallation {
+            ..
+        })) => 13,
         _ => 1,
     }
 }

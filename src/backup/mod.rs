@@ -51,6 +51,9 @@ pub struct BackupSummary {
 
 pub fn run(repo: Arc<Repository>, opts: &BackupOptions) -> Result<BackupSummary> {
     let start = now();
+    // Raises the tiers' revisions before anything is written (tier rule 4),
+    // and stops if another installation writes here (rule 5).
+    repo.begin_write(false)?;
     let leftovers = adopt_unindexed_packs(&repo)?;
     if leftovers > 0 {
         eprintln!(
@@ -104,6 +107,7 @@ pub fn run(repo: Arc<Repository>, opts: &BackupOptions) -> Result<BackupSummary>
         },
     };
     let id = repo.save_revision(&revision)?;
+    repo.end_write();
     repo.index().flush_files()?;
     Ok(BackupSummary {
         id,

@@ -30,11 +30,11 @@ Environment:
     long_about = "tiervault stores revisions of directory trees in a deduplicated, compressed and encrypted \
 repository, and keeps a complete copy of that repository on every storage tier you give it.\n\n\
 Example:\n  tiervault -r /srv/vault init\n  tiervault -r /srv/vault backup ~/Documents\n  tiervault -r /srv/vault revisions\n  tiervault -r /srv/vault restore latest --target /tmp/restored",
-    after_help = "Exit codes: 0 success, 1 error, 2 bad usage, 3 backup left out unreadable files, 10 no repository, 12 wrong password; --help tells more.",
+    after_help = "Exit codes: 0 success, 1 error, 2 bad usage, 3 backup left out unreadable files, 10 no repository, 12 wrong password, 13 another installation writes to the tiers; --help tells more.",
     after_long_help = AFTER_LONG_HELP
 )]
 pub struct Cli {
-    /// Repository location, once per tier: a directory path (a local disk or a mounted network share)
+    /// Repository location, once per tier: a directory (a local disk or a mounted share), sftp://user@host:port/path or s3://bucket/prefix
     #[arg(short = 'r', long = "repo", value_name = "LOCATION", global = true)]
     pub repo: Vec<String>,
 
@@ -57,6 +57,10 @@ pub struct Cli {
     /// Print only errors and warnings
     #[arg(short, long, global = true)]
     pub quiet: bool,
+
+    /// How long a write waits while every tier is offline, in seconds (default: until one returns)
+    #[arg(long, value_name = "SECONDS", global = true)]
+    pub wait_limit: Option<u64>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -102,6 +106,24 @@ pub enum Command {
     ///
     /// Example: tiervault -r /srv/vault mount ~/backups
     Mount(MountArgs),
+    /// Show each tier: online or not, its revision, whether it is synchronised and what it lacks,
+    /// its latency and throughput, and its last error
+    ///
+    /// Example: tiervault --config /etc/tiervault.toml tiers --json
+    Tiers(TiersArgs),
+    /// Bring tiers that missed writes (they were offline) up to date from a synchronised tier
+    ///
+    /// A write started meanwhile stops the sync; run it again to resume.
+    ///
+    /// Example: tiervault --config /etc/tiervault.toml sync
+    Sync(SyncArgs),
+    /// Make this installation the repository's writer, after the machine that wrote before was lost
+    ///
+    /// Only one installation may write to the tiers; another one that writes is stopped with an
+    /// error. Run this on the new machine once the old one is gone for good.
+    ///
+    /// Example: tiervault --config /etc/tiervault.toml takeover
+    Takeover(TakeoverArgs),
     /// Print a shell completion script
     ///
     /// Example: tiervault completions bash > /etc/bash_completion.d/tiervault
@@ -188,6 +210,19 @@ pub struct RestoreArgs {
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub workers: usize,
 }
+
+#[derive(Args, Debug)]
+pub struct TiersArgs {
+    /// Also count what each unsynchronised tier lacks (lists every tier)
+    #[arg(long)]
+    pub lacks: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {}
+
+#[derive(Args, Debug)]
+pub struct TakeoverArgs {}
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {

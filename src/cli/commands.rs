@@ -35,13 +35,13 @@ pub fn init(s: &Settings, a: &InitArgs) -> anyhow::Result<i32> {
     if s.json {
         println!(
             "{}",
-            json!({"id": repo.config().id, "tiers": s.tiers, "encryption": repo.config().encryption})
+            json!({"id": repo.config().id, "tiers": s.locations(), "encryption": repo.config().encryption})
         );
     } else if !s.quiet {
         println!(
             "created repository {} on {}",
             &repo.config().id[..8],
-            s.tiers.join(", ")
+            s.locations().join(", ")
         );
         if a.insecure_no_encryption {
             println!("warning: this repository is NOT encrypted");
@@ -112,7 +112,8 @@ pub fn restore(s: &Settings, a: &RestoreArgs) -> anyhow::Result<i32> {
         excludes: a.excludes.clone(),
         workers: a.workers,
     };
-    let sum = restore::run(repo, &r.tree, start, path, &opts)?;
+    let sum = restore::run(repo.clone(), &r.tree, start, path, &opts)?;
+    report_repairs(&repo);
     if s.json {
         println!(
             "{}",
@@ -247,7 +248,7 @@ pub fn mount(s: &Settings, a: &MountArgs) -> anyhow::Result<i32> {
     };
     let dir = a.dir.display().to_string();
     let quiet = s.quiet;
-    tiervault::mount::run(repo, &a.dir, opts, || {
+    tiervault::mount::run(repo.clone(), &a.dir, opts, || {
         if !quiet {
             eprintln!("mounted on {dir}; stop with Ctrl-C or `fusermount3 -u {dir}`");
         }
@@ -263,6 +264,7 @@ pub fn mount(s: &Settings, a: &MountArgs) -> anyhow::Result<i32> {
         }
     })
     .map_err(anyhow::Error::msg)?;
+    report_repairs(&repo);
     Ok(0)
 }
 
@@ -327,4 +329,13 @@ fn detach(s: &Settings, a: &MountArgs) -> anyhow::Result<i32> {
             .unwrap_or("no message")
             .trim_start_matches("tiervault: error: ")
     )
+}
+
+/// Damaged copies that reads fell over from: named, with what to do.
+pub fn report_repairs(repo: &tiervault::repo::Repository) {
+    for (tier, key) in repo.tiers().repairs() {
+        eprintln!(
+            "warning: tier {tier} holds a damaged copy of {key}; the data came from another tier. Run `tiervault -r {tier} check --read-data` to list the damage there"
+        );
+    }
 }

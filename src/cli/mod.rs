@@ -6,6 +6,7 @@ pub mod args;
 mod commands;
 mod listing;
 mod settings;
+mod tiers;
 
 pub use settings::Settings;
 
@@ -22,6 +23,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Restore(a) => commands::restore(&s, &a),
         Command::Check(a) => commands::check(&s, &a),
         Command::Mount(a) => commands::mount(&s, &a),
+        Command::Tiers(a) => tiers::tiers(&s, &a),
+        Command::Sync(_) => tiers::sync(&s),
+        Command::Takeover(_) => tiers::takeover(&s),
         Command::Completions(a) => commands::completions(&a),
         Command::Manpages(a) => commands::manpages(&a),
     }

@@ -9,25 +9,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tiervault::format::names;
 use tiervault::repo::{default_cache_root, RepoError, Repository};
-use tiervault::tier::{open_location, TierSet};
+use tiervault::tier::{open_spec, TierSet, TierSpec};
 
 /// The TOML config file (`--config`).
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     #[serde(default)]
-    tier: Vec<TierConfig>,
+    tier: Vec<TierSpec>,
     cache_dir: Option<PathBuf>,
     password_file: Option<PathBuf>,
     password_command: Option<String>,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct TierConfig {
-    location: String,
-    #[allow(dead_code)]
-    name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -39,14 +31,20 @@ enum PasswordSource {
 }
 
 pub struct Settings {
-    pub tiers: Vec<String>,
+    pub tiers: Vec<TierSpec>,
     pub cache_root: PathBuf,
     pub json: bool,
     pub quiet: bool,
+    pub wait_limit: Option<std::time::Duration>,
     password: PasswordSource,
 }
 
 impl Settings {
+    /// The tiers' locations, for messages.
+    pub fn locations(&self) -> Vec<String> {
+        self.tiers.iter().map(|t| t.location.clone()).collect()
+    }
+
     pub fn new(cli: &Cli) -> anyhow::Result<Self> {
         let cfg = match &cli.config {
             Some(p) => {
@@ -57,8 +55,12 @@ impl Settings {
             }
             None => ConfigFile::default(),
         };
-        let mut tiers = cli.repo.clone();
-        tiers.extend(cfg.tier.into_iter().map(|t| t.location));
+        let mut tiers = cli
+            .repo
+            .iter()
+            .map(|l| TierSpec::parse(l))
+            .collect::<Result<Vec<_>, _>>()?;
+        tiers.extend(cfg.tier);
         // Flags beat the environment, which beats the config file.
         let password = if let Some(c) = cli.password_command.clone() {
             PasswordSource::Command(c)
@@ -84,6 +86,7 @@ impl Settings {
             cache_root,
             json: cli.json,
             quiet: cli.quiet,
+            wait_limit: cli.wait_limit.map(std::time::Duration::from_secs),
             password,
         })
     }
@@ -98,9 +101,11 @@ impl Settings {
         let tiers = self
             .tiers
             .iter()
-            .map(|l| open_location(l))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(TierSet::new(tiers))
+            .map(|spec| Ok((open_spec(spec)?, spec.priority)))
+            .collect::<Result<Vec<_>, tiervault::tier::TierError>>()?;
+        let mut set = TierSet::with_priorities(tiers);
+        set.set_wait_limit(self.wait_limit);
+        Ok(set)
     }
 
     /// Opens the repository on the tiers that hold it. A tier without a
@@ -119,18 +124,44 @@ impl Settings {
         }
         let mut tiers = Vec::new();
         let mut missing = Vec::new();
-        for loc in &self.tiers {
-            let t = open_location(loc)?;
+        let mut offline = Vec::new();
+        let mut empty_remote = 0;
+        for spec in &self.tiers {
+            let t = open_spec(spec)?;
             match t.stat(names::CONFIG) {
-                Ok(Some(_)) => tiers.push(t),
+                Ok(Some(_)) => tiers.push((t, spec.priority)),
+                // A new, empty remote tier: it is unsynchronised (revision
+                // 0) until `tiervault sync` copies the repository there. An
+                // empty local directory may be an unmounted share: left out.
+                Ok(None) if t.is_remote() => {
+                    eprintln!(
+                        "note: tier {} is empty; `tiervault sync` copies the repository there",
+                        t.name()
+                    );
+                    empty_remote += 1;
+                    tiers.push((t, spec.priority));
+                }
                 Ok(None) => missing.push(t),
-                Err(e) => eprintln!("warning: {e}; carrying on without this tier"),
+                // Kept: it is probed again later, and synchronised when back.
+                Err(e) => {
+                    offline.push((tiers.len(), e));
+                    tiers.push((t, spec.priority));
+                }
             }
+        }
+        if tiers.len() == offline.len() && !tiers.is_empty() {
+            let (_, e) = offline.swap_remove(0);
+            return Err(anyhow::Error::new(e).context(
+                "every tier holding the repository is offline; check the network and the servers, then run the command again",
+            ));
+        }
+        if tiers.len() == empty_remote {
+            tiers.clear();
         }
         if tiers.is_empty() {
             let loc = missing
                 .first()
-                .map_or_else(|| self.tiers[0].clone(), |t| t.name().to_string());
+                .map_or_else(|| self.tiers[0].location.clone(), |t| t.name().to_string());
             return Err(RepoError::NotARepository(loc).into());
         }
         for t in &missing {
@@ -139,7 +170,11 @@ impl Settings {
                 t.name()
             );
         }
-        let store = TierSet::new(tiers);
+        let mut store = TierSet::with_priorities(tiers);
+        store.set_wait_limit(self.wait_limit);
+        for (i, e) in &offline {
+            store.mark_offline(*i, e);
+        }
         Ok(Arc::new(Repository::open_named(
             Box::new(store),
             &|| self.password(false),

@@ -47,6 +47,8 @@ pub enum RepoError {
     Config(String),
     #[error("storing data failed: {0}")]
     WriteFailed(String),
+    #[error(transparent)]
+    Writer(#[from] crate::tier::set::WriteError),
 }
 
 pub type Result<T, E = RepoError> = std::result::Result<T, E>;
@@ -64,6 +66,7 @@ pub struct RepoConfig {
 
 pub struct Repository {
     store: Box<dyn Tier>,
+    cache_root: PathBuf,
     keys: Keys,
     config: RepoConfig,
     index: Index,
@@ -157,7 +160,10 @@ impl Repository {
             names::CONFIG,
             &serde_json::to_vec_pretty(&config).expect("config serializes"),
         )?;
-        Self::finish_open(store, keys, config, cache_root, "index")
+        let repo = Self::finish_open(store, keys, config, cache_root, "index")?;
+        // Every tier starts at revision 1, written by this installation.
+        repo.begin_write(false)?;
+        Ok(repo)
     }
 
     /// Opens an existing repository. `password` is asked only when a key
@@ -259,12 +265,19 @@ impl Repository {
     ) -> Result<Self> {
         let cache_dir = cache_root.join(&config.id);
         let index = Index::open(&cache_dir.join(index_name))?;
+        // The tier rules live in TierSet: a single tier becomes a set of one.
+        let store: Box<dyn Tier> = if store.as_set().is_some() {
+            store
+        } else {
+            Box::new(crate::tier::TierSet::new(vec![store]))
+        };
         let repo = Self {
             store,
             keys,
             config,
             index,
             cache_dir,
+            cache_root: cache_root.to_path_buf(),
         };
         repo.sync_index()?;
         Ok(repo)
@@ -272,6 +285,33 @@ impl Repository {
 
     pub fn store(&self) -> &dyn Tier {
         self.store.as_ref()
+    }
+
+    /// The tiers, with the replication rules.
+    pub fn tiers(&self) -> &crate::tier::TierSet {
+        self.store.as_set().expect("the store is always a tier set")
+    }
+
+    /// This machine's memory of the tiers (see `tier::set::LocalState`).
+    pub fn local_state(&self) -> LocalTiers {
+        LocalTiers {
+            file: self.cache_dir.join("tiers.json"),
+            installation: self.cache_root.join("installation"),
+        }
+    }
+
+    /// Starts a write session on the tiers: refuses when another
+    /// installation wrote there since this one did (unless `takeover`),
+    /// and raises the tiers' revisions first.
+    pub fn begin_write(&self, takeover: bool) -> Result<()> {
+        Ok(self
+            .tiers()
+            .begin_write(std::sync::Arc::new(self.local_state()), takeover)?)
+    }
+
+    /// Ends a write session (see `TierSet::end_write`).
+    pub fn end_write(&self) {
+        self.tiers().end_write();
     }
     pub fn keys(&self) -> &Keys {
         &self.keys
@@ -490,5 +530,71 @@ impl Repository {
             found = Some(n);
         }
         Ok(found)
+    }
+}
+
+/// The local half of the tier rules: this installation's id (one per cache
+/// root, made on first use) and the revision it last left on each tier
+/// (`tiers.json` in the repository's cache dir).
+pub struct LocalTiers {
+    file: PathBuf,
+    installation: PathBuf,
+}
+
+impl LocalTiers {
+    fn load(&self) -> std::collections::BTreeMap<String, u64> {
+        std::fs::read(&self.file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl crate::tier::set::LocalState for LocalTiers {
+    fn installation(&self) -> String {
+        if let Ok(id) = std::fs::read_to_string(&self.installation) {
+            if !id.trim().is_empty() {
+                return id.trim().to_string();
+            }
+        }
+        let id = hex::encode(rand::random::<[u8; 16]>());
+        if let Some(dir) = self.installation.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let tmp = self.installation.with_extension("tmp");
+        if std::fs::write(&tmp, &id)
+            .and_then(|()| std::fs::rename(&tmp, &self.installation))
+            .is_err()
+        {
+            eprintln!(
+                "warning: cannot record this installation's id in {}",
+                self.installation.display()
+            );
+        }
+        // Another process may have won the race; its id is the one kept.
+        std::fs::read_to_string(&self.installation)
+            .map(|s| s.trim().to_string())
+            .unwrap_or(id)
+    }
+    fn host(&self) -> String {
+        hostname()
+    }
+    fn last_revision(&self, tier: &str) -> Option<u64> {
+        self.load().get(tier).copied()
+    }
+    fn set_last_revision(&self, tier: &str, rev: u64) {
+        let mut m = self.load();
+        m.insert(tier.to_string(), rev);
+        let tmp = self.file.with_extension("tmp");
+        let b = serde_json::to_vec_pretty(&m).expect("serialises");
+        if std::fs::write(&tmp, b)
+            .and_then(|()| std::fs::rename(&tmp, &self.file))
+            .is_err()
+        {
+            eprintln!(
+                "warning: cannot record tier revisions in {}",
+                self.file.display()
+            );
+        }
     }
 }

@@ -151,7 +151,11 @@ impl Tier for LocalTier {
                 if name.starts_with(".tmp-") {
                     continue;
                 }
-                let child = format!("{key}/{name}");
+                let child = if key.is_empty() {
+                    name
+                } else {
+                    format!("{key}/{name}")
+                };
                 let md = ent.metadata().map_err(|e| self.err(&child, e))?;
                 if md.is_dir() {
                     stack.push((ent.path(), child));

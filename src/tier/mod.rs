@@ -11,11 +11,14 @@
 //! on it inside these calls.
 
 pub mod local;
+pub mod remote;
 pub mod set;
 
 pub use set::TierSet;
 
+use serde::Deserialize;
 use std::io;
+use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -42,13 +45,122 @@ pub enum TierError {
         key: String,
         msg: String,
     },
-    #[error("location {0:?} is not supported by this build: give a local directory path")]
+    #[error("location {0:?} is not supported: give a directory, sftp://user@host:port/path or s3://bucket/prefix")]
     UnsupportedLocation(String),
+    #[error("tier location {loc:?}: {why}")]
+    BadLocation { loc: String, why: String },
 }
 
 impl TierError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, TierError::NotFound { .. })
+    }
+    /// The tier could not be reached (after its retries).
+    pub fn is_offline(&self) -> bool {
+        matches!(self, TierError::Offline { .. })
+    }
+}
+
+/// One tier as the config file (`[[tier]]`) or `-r LOCATION` gives it.
+/// Options may also follow the location as a query:
+/// `sftp://u@h/p?key=/root/.ssh/id&known_hosts=accept`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierSpec {
+    pub location: String,
+    /// A short name for messages and `tiers`.
+    pub name: Option<String>,
+    /// SFTP: the private key file.
+    pub key: Option<PathBuf>,
+    /// SFTP: `strict` (default), `accept` (accept a new host key) or `add`.
+    pub known_hosts: Option<String>,
+    /// S3: the endpoint URL (Garage, MinIO, Ceph), e.g. `http://nas:3900`.
+    pub endpoint: Option<String>,
+    /// S3: the region (default `AWS_REGION`, then `us-east-1`).
+    pub region: Option<String>,
+    /// S3: credentials (default `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Bandwidth limit, bytes per second (`"2 MiB"` per second in the file).
+    #[serde(default, deserialize_with = "de_rate")]
+    pub bandwidth: Option<u64>,
+    /// Reads prefer lower numbers; tiers without one are ranked by measured
+    /// speed after those that have one.
+    pub priority: Option<i32>,
+    /// Attempts before the tier counts as offline (default 10).
+    pub retries: Option<u32>,
+}
+
+/// `1048576`, `"512 KiB"`, `"2MiB"`, `"1 GiB"`, `"10M"`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().trim_end_matches("/s") {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    Some((n * mult as f64) as u64)
+}
+
+fn de_rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Rate {
+        N(u64),
+        S(String),
+    }
+    match Option::<Rate>::deserialize(d)? {
+        None => Ok(None),
+        Some(Rate::N(n)) => Ok(Some(n)),
+        Some(Rate::S(s)) => parse_size(&s).map(Some).ok_or_else(|| {
+            serde::de::Error::custom(format!("bandwidth {s:?}: write e.g. \"2 MiB\""))
+        }),
+    }
+}
+
+impl TierSpec {
+    /// A spec from `-r LOCATION[?option=value&...]`.
+    pub fn parse(loc: &str) -> Result<Self, TierError> {
+        let (location, query) = match loc.split_once('?') {
+            Some((l, q)) if l.contains("://") => (l, q),
+            _ => (loc, ""),
+        };
+        let mut spec = TierSpec {
+            location: location.to_string(),
+            ..TierSpec::default()
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = v.to_string();
+            let bad = || TierError::BadLocation {
+                loc: loc.to_string(),
+                why: format!("bad value for {k}: {v:?}"),
+            };
+            match k {
+                "key" => spec.key = Some(v.into()),
+                "known_hosts" => spec.known_hosts = Some(v),
+                "endpoint" => spec.endpoint = Some(v),
+                "region" => spec.region = Some(v),
+                "name" => spec.name = Some(v),
+                "bandwidth" => spec.bandwidth = Some(parse_size(&v).ok_or_else(bad)?),
+                "priority" => spec.priority = Some(v.parse().map_err(|_| bad())?),
+                "retries" => spec.retries = Some(v.parse().map_err(|_| bad())?),
+                _ => {
+                    return Err(TierError::BadLocation {
+                        loc: loc.to_string(),
+                        why: format!("unknown option {k:?}"),
+                    })
+                }
+            }
+        }
+        Ok(spec)
     }
 }
 
@@ -64,6 +176,10 @@ pub trait Tier: Send + Sync {
     /// Whether reads cross a network (worth caching on local disk).
     fn is_remote(&self) -> bool {
         false
+    }
+    /// The tier set, when this is one (it applies the tier rules).
+    fn as_set(&self) -> Option<&TierSet> {
+        None
     }
     fn get(&self, key: &str) -> Result<Vec<u8>, TierError>;
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, TierError>;
@@ -98,11 +214,18 @@ pub trait Tier: Send + Sync {
 
 /// Opens the backend for one `-r` location.
 pub fn open_location(loc: &str) -> Result<Box<dyn Tier>, TierError> {
-    if let Some((scheme, _)) = loc.split_once("://") {
-        if scheme != "file" {
-            return Err(TierError::UnsupportedLocation(loc.to_string()));
+    open_spec(&TierSpec::parse(loc)?)
+}
+
+/// Opens the backend for one tier.
+pub fn open_spec(spec: &TierSpec) -> Result<Box<dyn Tier>, TierError> {
+    let loc = spec.location.as_str();
+    match loc.split_once("://").map(|(s, _)| s) {
+        None | Some("file") => {
+            let path = loc.strip_prefix("file://").unwrap_or(loc);
+            Ok(Box::new(local::LocalTier::new(path)))
         }
+        Some("sftp" | "s3") => Ok(Box::new(remote::RemoteTier::open(loc, spec)?)),
+        Some(_) => Err(TierError::UnsupportedLocation(loc.to_string())),
     }
-    let path = loc.strip_prefix("file://").unwrap_or(loc);
-    Ok(Box::new(local::LocalTier::new(path)))
 }

@@ -1,34 +1,208 @@
-//! The set of tiers behind one repository, itself a [`Tier`].
+//! The set of tiers behind one repository, itself a [`Tier`]. It applies
+//! the tier rules (`docs/TIERS.md`):
 //!
-//! Rules applied here (see `docs/TIERS.md`):
-//! - a read is served by the first tier, in order, that has the object; a
-//!   failure on one tier falls over to the next without the caller seeing it;
-//! - a write goes to every tier and succeeds once at least one has stored it;
-//!   the tiers that failed are reported on stderr.
-//!
-//! Ranking by measured speed, offline tracking, tier revisions and resync
-//! build on this type without changing its interface.
+//! 1. each backend retries a failing operation a bounded number of times;
+//!    then the tier counts as offline, and is probed again later;
+//! 2. a read is served by the fastest online tier: a configured priority
+//!    first, then measured latency and throughput, refreshed as reads go.
+//!    A failed or corrupt read falls over to the next tier without the
+//!    caller seeing it, and the bad copy is recorded for repair;
+//! 3. a write goes to every online, synchronised tier and completes once
+//!    one has it; while every tier is offline it waits (saying so), up to
+//!    an optional limit;
+//! 4. each tier stores a revision number (`tierstate`), raised before a
+//!    write session touches it ([`TierSet::begin_write`]); a tier below the
+//!    maximum is unsynchronised, skipped by writes, and brought up to date
+//!    by [`TierSet::sync`]. A tier that misses a write falls behind at once;
+//! 5. a tier whose revision was raised by another installation stops
+//!    writing with a clear error (reading is always allowed); `takeover`
+//!    makes this installation the writer.
 
 use super::{ObjectInfo, Tier, TierError};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The object each tier holds its revision in, in clear JSON.
+pub const TIERSTATE: &str = "tierstate";
+/// How long an offline tier is left alone before it is probed again.
+const REPROBE: Duration = Duration::from_secs(30);
+
+/// What `tierstate` holds.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct TierState {
+    pub revision: u64,
+    /// The installation that last raised the revision.
+    pub writer: String,
+    /// Its host name, for the message when another installation is found.
+    #[serde(default)]
+    pub host: String,
+}
+
+/// What is known about one tier, as `tiervault tiers` shows it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    pub name: String,
+    pub online: bool,
+    pub revision: Option<u64>,
+    pub synchronised: bool,
+    pub latency_ms: Option<f64>,
+    pub throughput_mib_s: Option<f64>,
+    pub priority: Option<i32>,
+    pub last_error: Option<String>,
+}
+
+struct Member {
+    tier: Box<dyn Tier>,
+    priority: Option<i32>,
+    st: Mutex<MemberState>,
+}
+
+#[derive(Default)]
+struct MemberState {
+    online: bool,
+    /// Unknown until the revisions were read; assumed until then.
+    synced: bool,
+    revision: Option<u64>,
+    latency: Option<f64>,
+    throughput: Option<f64>,
+    last_error: Option<String>,
+    offline_since: Option<Instant>,
+}
+
+/// Why a write session cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("another installation (on host {host:?}) has written to tier {tier} since this one last did; stopping so the two do not interleave. Reading (revisions, mount, restore) still works. If this machine replaces the other one, run `tiervault takeover`; otherwise let only one installation write")]
+    AnotherInstallation { tier: String, host: String },
+    #[error(transparent)]
+    Tier(#[from] TierError),
+}
+
+/// The caller's memory of the tiers: which installation it is and the
+/// revision it last left on each tier.
+pub trait LocalState: Send + Sync {
+    fn installation(&self) -> String;
+    fn host(&self) -> String;
+    fn last_revision(&self, tier: &str) -> Option<u64>;
+    fn set_last_revision(&self, tier: &str, rev: u64);
+}
 
 pub struct TierSet {
-    tiers: Vec<Box<dyn Tier>>,
+    members: Vec<Member>,
     label: String,
+    wait_limit: Option<Duration>,
+    repairs: Mutex<Vec<(String, String)>>,
+    /// A tier missed a write in this session and was already put behind.
+    demoted: AtomicBool,
+    /// Set when a write starts; an ongoing sync stops at its next check.
+    writing: AtomicBool,
+    /// The local state of the current write session.
+    local: Mutex<Option<std::sync::Arc<dyn LocalState>>>,
+}
+
+fn ewma(old: Option<f64>, new: f64) -> Option<f64> {
+    Some(old.map_or(new, |o| 0.7 * o + 0.3 * new))
 }
 
 impl TierSet {
     pub fn new(tiers: Vec<Box<dyn Tier>>) -> Self {
+        Self::with_priorities(tiers.into_iter().map(|t| (t, None)).collect())
+    }
+
+    /// Tiers with their configured read priorities (lower first).
+    pub fn with_priorities(tiers: Vec<(Box<dyn Tier>, Option<i32>)>) -> Self {
         assert!(!tiers.is_empty(), "a TierSet needs at least one tier");
         let label = tiers
             .iter()
-            .map(|t| t.name())
+            .map(|t| t.0.name())
             .collect::<Vec<_>>()
             .join(", ");
-        Self { tiers, label }
+        let members = tiers
+            .into_iter()
+            .map(|(tier, priority)| Member {
+                tier,
+                priority,
+                st: Mutex::new(MemberState {
+                    online: true,
+                    synced: true,
+                    ..MemberState::default()
+                }),
+            })
+            .collect();
+        Self {
+            members,
+            label,
+            wait_limit: None,
+            repairs: Mutex::new(Vec::new()),
+            demoted: AtomicBool::new(false),
+            writing: AtomicBool::new(false),
+            local: Mutex::new(None),
+        }
     }
 
-    pub fn tiers(&self) -> &[Box<dyn Tier>] {
-        &self.tiers
+    /// How long a write waits while every tier is offline (`None`: forever).
+    pub fn set_wait_limit(&mut self, limit: Option<Duration>) {
+        self.wait_limit = limit;
+    }
+
+    pub fn tiers(&self) -> impl Iterator<Item = &dyn Tier> {
+        self.members.iter().map(|m| m.tier.as_ref())
+    }
+
+    fn state(&self, i: usize) -> std::sync::MutexGuard<'_, MemberState> {
+        self.members[i].st.lock().expect("tier state")
+    }
+
+    /// Marks tier `i` offline after `e` (it is probed again later).
+    pub fn mark_offline(&self, i: usize, e: &TierError) {
+        let mut s = self.state(i);
+        if s.online {
+            eprintln!("warning: {e}; carrying on without it");
+        }
+        s.online = false;
+        s.offline_since = Some(Instant::now());
+        s.last_error = Some(e.to_string());
+    }
+
+    fn mark_online(&self, i: usize) {
+        let mut s = self.state(i);
+        if !s.online {
+            eprintln!("tier {} is back online", self.members[i].tier.name());
+        }
+        s.online = true;
+        s.offline_since = None;
+    }
+
+    /// Read order: online tiers by priority, then by the time a 1 MiB read
+    /// is expected to take; then offline tiers due for a new probe.
+    fn read_order(&self) -> Vec<usize> {
+        let mut online = Vec::new();
+        let mut retry = Vec::new();
+        for (i, m) in self.members.iter().enumerate() {
+            let s = m.st.lock().expect("tier state");
+            if s.online {
+                let lat = s.latency.unwrap_or(0.010);
+                let cost = lat + s.throughput.map_or(0.0, |t| 1_048_576.0 / t.max(1.0));
+                online.push((m.priority.is_none(), m.priority.unwrap_or(0), cost, i));
+            } else if s.offline_since.is_none_or(|t| t.elapsed() >= REPROBE) {
+                retry.push(i);
+            }
+        }
+        online.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then(a.2.total_cmp(&b.2)));
+        online.into_iter().map(|o| o.3).chain(retry).collect()
+    }
+
+    /// Records how long a read of `bytes` took on tier `i`.
+    fn measure(&self, i: usize, bytes: usize, took: Duration) {
+        let mut s = self.state(i);
+        let secs = took.as_secs_f64().max(1e-6);
+        if bytes >= 256 << 10 {
+            s.throughput = ewma(s.throughput, bytes as f64 / secs);
+        } else {
+            s.latency = ewma(s.latency, secs);
+        }
     }
 
     /// Tries `op` on each tier in read order; returns the first success. When
@@ -36,15 +210,36 @@ impl TierSet {
     /// rather than "not found" when there is one.
     fn read<T>(
         &self,
+        key: &str,
         mut op: impl FnMut(&dyn Tier) -> Result<T, TierError>,
+        size: impl Fn(&T) -> usize,
     ) -> Result<T, TierError> {
         let mut first_err: Option<TierError> = None;
-        for t in &self.tiers {
-            match op(t.as_ref()) {
-                Ok(v) => return Ok(v),
+        for i in self.read_order() {
+            let t = self.members[i].tier.as_ref();
+            let start = Instant::now();
+            match op(t) {
+                Ok(v) => {
+                    self.mark_online(i);
+                    self.measure(i, size(&v), start.elapsed());
+                    return Ok(v);
+                }
                 Err(e) => {
-                    if !e.is_not_found() {
-                        eprintln!("warning: {e}; trying the next tier");
+                    match &e {
+                        TierError::Offline { .. } => self.mark_offline(i, &e),
+                        TierError::Corrupt { .. } => {
+                            eprintln!("warning: {e}; reading it from another tier");
+                            self.state(i).last_error = Some(e.to_string());
+                            self.repairs
+                                .lock()
+                                .expect("repairs")
+                                .push((t.name().to_string(), key.to_string()));
+                        }
+                        TierError::NotFound { .. } => {}
+                        _ => {
+                            eprintln!("warning: {e}; trying the next tier");
+                            self.state(i).last_error = Some(e.to_string());
+                        }
                     }
                     if first_err
                         .as_ref()
@@ -55,7 +250,70 @@ impl TierSet {
                 }
             }
         }
-        Err(first_err.expect("at least one tier"))
+        Err(first_err.unwrap_or_else(|| TierError::Offline {
+            tier: self.label.clone(),
+            reason: "every tier is offline".into(),
+        }))
+    }
+
+    /// Damaged copies met by reads so far: `(tier, object)`.
+    pub fn repairs(&self) -> Vec<(String, String)> {
+        self.repairs.lock().expect("repairs").clone()
+    }
+
+    /// Online, synchronised tiers; while there are none, waits for one to
+    /// come back, probing every 2 s, up to the wait limit.
+    fn write_targets(&self) -> Result<Vec<usize>, TierError> {
+        let started = Instant::now();
+        let mut said = false;
+        loop {
+            let targets: Vec<usize> = (0..self.members.len())
+                .filter(|&i| {
+                    let s = self.state(i);
+                    s.online && s.synced
+                })
+                .collect();
+            if !targets.is_empty() {
+                if said {
+                    eprintln!("a tier is back; carrying on");
+                }
+                return Ok(targets);
+            }
+            if let Some(limit) = self.wait_limit {
+                if started.elapsed() >= limit {
+                    return Err(TierError::Offline {
+                        tier: self.label.clone(),
+                        reason: format!(
+                            "every synchronised tier stayed offline for {} s (the wait limit)",
+                            limit.as_secs()
+                        ),
+                    });
+                }
+            }
+            if !said {
+                eprintln!(
+                    "every synchronised tier is offline; waiting for one to come back{}",
+                    self.wait_limit.map_or(String::new(), |l| format!(
+                        " (for at most {} s)",
+                        l.as_secs()
+                    ))
+                );
+                said = true;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+            for i in 0..self.members.len() {
+                if !self.state(i).synced {
+                    continue;
+                }
+                if self.members[i]
+                    .tier
+                    .stat(crate::format::names::CONFIG)
+                    .is_ok()
+                {
+                    self.mark_online(i);
+                }
+            }
+        }
     }
 
     fn write(
@@ -63,31 +321,397 @@ impl TierSet {
         key: &str,
         op: impl Fn(&dyn Tier) -> Result<(), TierError>,
     ) -> Result<(), TierError> {
-        let mut ok = false;
-        let mut errors = Vec::new();
-        for t in &self.tiers {
-            match op(t.as_ref()) {
-                Ok(()) => ok = true,
-                Err(e) => errors.push(e),
+        self.writing.store(true, Ordering::SeqCst);
+        loop {
+            let targets = self.write_targets()?;
+            let mut ok = false;
+            let mut errors = Vec::new();
+            for &i in &targets {
+                match op(self.members[i].tier.as_ref()) {
+                    Ok(()) => ok = true,
+                    Err(e) => errors.push((i, e)),
+                }
+            }
+            if ok {
+                for (i, e) in &errors {
+                    self.fell_behind(*i, e);
+                }
+                // A synchronised tier that is offline missed this write too.
+                for i in 0..self.members.len() {
+                    let (online, synced) = {
+                        let s = self.state(i);
+                        (s.online, s.synced)
+                    };
+                    if !online && synced {
+                        let e = TierError::Offline {
+                            tier: self.members[i].tier.name().to_string(),
+                            reason: "offline during a write".into(),
+                        };
+                        self.fell_behind(i, &e);
+                    }
+                }
+                return Ok(());
+            }
+            // Every target failed. Offline ones are waited for; other
+            // failures (a full disk, a refusal) are the caller's to see.
+            let all_offline = errors.iter().all(|(_, e)| e.is_offline());
+            for (i, e) in &errors {
+                if e.is_offline() {
+                    self.mark_offline(*i, e);
+                }
+            }
+            if all_offline {
+                continue;
+            }
+            let mut errors: Vec<TierError> = errors.into_iter().map(|(_, e)| e).collect();
+            if errors.len() == 1 {
+                return Err(errors.pop().expect("one error"));
+            }
+            return Err(TierError::AllFailed {
+                key: key.to_string(),
+                errors: errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            });
+        }
+    }
+
+    /// Tier `i` missed a write that others stored: it is unsynchronised
+    /// from now on. The first time in a session, the tiers that have
+    /// everything get a higher revision, so the lag is on record even
+    /// after this process ends.
+    fn fell_behind(&self, i: usize, e: &TierError) {
+        if e.is_offline() {
+            self.mark_offline(i, e);
+        } else {
+            eprintln!("warning: {e}; the other tiers have it");
+            self.state(i).last_error = Some(e.to_string());
+        }
+        self.state(i).synced = false;
+        self.record_lag();
+    }
+
+    /// Raises the revision of the tiers that have everything, once per
+    /// session, so tiers that missed writes are behind on record. Until one
+    /// tier took the new revision, it is tried again (see `end_write`).
+    fn record_lag(&self) {
+        if self.demoted.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut raised = false;
+        for j in 0..self.members.len() {
+            let (online, synced, rev) = {
+                let s = self.state(j);
+                (s.online, s.synced, s.revision)
+            };
+            if !online || !synced {
+                continue;
+            }
+            let Some(rev) = rev else { continue };
+            if let Ok(Some(mut st)) = self.read_state(j) {
+                st.revision = rev + 1;
+                if self.write_state(j, &st).is_ok() {
+                    raised = true;
+                    self.state(j).revision = Some(rev + 1);
+                    if let Some(l) = self.local.lock().expect("local").as_ref() {
+                        l.set_last_revision(self.members[j].tier.name(), rev + 1);
+                    }
+                }
             }
         }
-        if ok {
-            for e in &errors {
-                eprintln!("warning: {e}; the other tiers have it");
+        if raised {
+            self.demoted.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Ends a write session: if a tier missed writes and that is not on
+    /// record yet (every tier was away when it happened), records it now.
+    pub fn end_write(&self) {
+        let behind = (0..self.members.len()).any(|i| !self.state(i).synced);
+        if behind {
+            self.record_lag();
+        }
+    }
+
+    fn read_state(&self, i: usize) -> Result<Option<TierState>, TierError> {
+        let t = self.members[i].tier.as_ref();
+        match t.get(TIERSTATE) {
+            Ok(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| {
+                TierError::Corrupt {
+                    tier: t.name().to_string(),
+                    key: TIERSTATE.into(),
+                    msg: e.to_string(),
+                }
+            })?)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write_state(&self, i: usize, st: &TierState) -> Result<(), TierError> {
+        let b = serde_json::to_vec(st).expect("tier state serialises");
+        self.members[i].tier.put(TIERSTATE, &b)
+    }
+
+    /// Reads every tier's revision: marks tiers offline or behind, and
+    /// returns the highest revision with the tiers that hold it.
+    pub fn refresh(&self) -> Vec<Option<TierState>> {
+        let states: Vec<Option<TierState>> = (0..self.members.len())
+            .map(|i| match self.read_state(i) {
+                Ok(st) => {
+                    self.mark_online(i);
+                    st
+                }
+                Err(e) => {
+                    if e.is_offline() {
+                        self.mark_offline(i, &e);
+                    } else {
+                        self.state(i).last_error = Some(e.to_string());
+                    }
+                    None
+                }
+            })
+            .collect();
+        let max = self.max_revision(&states);
+        for (i, st) in states.iter().enumerate() {
+            let mut s = self.state(i);
+            if s.online {
+                let rev = st.as_ref().map_or(0, |t| t.revision);
+                s.revision = Some(rev);
+                s.synced = rev == max;
             }
-            return Ok(());
         }
-        if errors.len() == 1 {
-            return Err(errors.pop().expect("one error"));
+        states
+    }
+
+    fn max_revision(&self, states: &[Option<TierState>]) -> u64 {
+        states
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.state(*i).online)
+            .map(|(_, s)| s.as_ref().map_or(0, |t| t.revision))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Starts a write session: checks that no other installation wrote to
+    /// the tiers since this one did (unless `takeover`), then raises the
+    /// revision on every online, synchronised tier before anything else is
+    /// written there.
+    pub fn begin_write(
+        &self,
+        local: std::sync::Arc<dyn LocalState>,
+        takeover: bool,
+    ) -> Result<(), WriteError> {
+        self.writing.store(true, Ordering::SeqCst);
+        *self.local.lock().expect("local") = Some(local.clone());
+        let me = local.installation();
+        let mut states = self.refresh();
+        if !(0..self.members.len()).any(|i| self.state(i).online) {
+            self.write_targets()?;
+            states = self.refresh();
         }
-        Err(TierError::AllFailed {
-            key: key.to_string(),
-            errors: errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-        })
+        for (i, st) in states.iter().enumerate() {
+            let Some(st) = st else { continue };
+            let name = self.members[i].tier.name();
+            let ours = st.writer == me;
+            let moved = local.last_revision(name).is_some_and(|l| st.revision > l);
+            if !takeover && (!ours || moved) {
+                return Err(WriteError::AnotherInstallation {
+                    tier: name.to_string(),
+                    host: st.host.clone(),
+                });
+            }
+        }
+        let next = self.max_revision(&states) + 1;
+        let new = TierState {
+            revision: next,
+            writer: me,
+            host: local.host(),
+        };
+        for i in 0..self.members.len() {
+            let (online, synced) = {
+                let s = self.state(i);
+                (s.online, s.synced)
+            };
+            if !(online && synced) {
+                continue;
+            }
+            match self.write_state(i, &new) {
+                Ok(()) => {
+                    self.state(i).revision = Some(next);
+                    local.set_last_revision(self.members[i].tier.name(), next);
+                }
+                Err(e) => self.fell_behind(i, &e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the revisions this process left on the tiers.
+    pub fn remember(&self, local: &dyn LocalState) {
+        for (i, m) in self.members.iter().enumerate() {
+            if let Some(r) = self.state(i).revision {
+                local.set_last_revision(m.tier.name(), r);
+            }
+        }
+    }
+
+    /// Brings every online, unsynchronised tier up to date from the
+    /// fastest synchronised one: copies the objects it lacks, then gives it
+    /// the source's revision. Stops early (returning `Ok(false)`) when
+    /// `abort` says so or a write starts in this process; run it again to
+    /// resume. Returns the number of objects copied.
+    pub fn sync(
+        &self,
+        local: &dyn LocalState,
+        abort: &dyn Fn() -> bool,
+        progress: &mut dyn FnMut(&str, &str),
+    ) -> Result<(bool, u64), TierError> {
+        self.writing.store(false, Ordering::SeqCst);
+        let states = self.refresh();
+        let order = self.read_order();
+        let Some(&src) = order.iter().find(|&&i| {
+            let s = self.state(i);
+            s.online && s.synced
+        }) else {
+            return Err(TierError::Offline {
+                tier: self.label.clone(),
+                reason: "no synchronised tier is online to copy from".into(),
+            });
+        };
+        let src_state = states[src].clone().unwrap_or_default();
+        let mut copied = 0;
+        for dst in 0..self.members.len() {
+            let (online, synced) = {
+                let s = self.state(dst);
+                (s.online, s.synced)
+            };
+            if !online || synced {
+                continue;
+            }
+            let (s, d) = (
+                self.members[src].tier.as_ref(),
+                self.members[dst].tier.as_ref(),
+            );
+            progress(d.name(), "listing");
+            let have: std::collections::HashMap<String, u64> =
+                d.list("")?.into_iter().map(|o| (o.key, o.size)).collect();
+            let mut want: Vec<ObjectInfo> = s
+                .list("")?
+                .into_iter()
+                .filter(|o| o.key != TIERSTATE && have.get(&o.key) != Some(&o.size))
+                .collect();
+            // Data first, revisions last: a revision never names what the
+            // tier does not hold yet.
+            want.sort_by_key(|o| (!o.key.starts_with("data/"), o.key.starts_with("revisions/")));
+            progress(d.name(), &format!("copying {} objects", want.len()));
+            for o in want {
+                if abort() || self.writing.load(Ordering::SeqCst) {
+                    return Ok((false, copied));
+                }
+                let b = s.get(&o.key)?;
+                d.put(&o.key, &b)?;
+                copied += 1;
+            }
+            // Up to date: the source's revision, unless a write raised it
+            // meanwhile (then the next sync finishes the job).
+            if self.read_state(src)? != Some(src_state.clone()) {
+                return Ok((false, copied));
+            }
+            self.write_state(dst, &src_state)?;
+            local.set_last_revision(d.name(), src_state.revision);
+            let mut st = self.state(dst);
+            st.synced = true;
+            st.revision = Some(src_state.revision);
+            progress(d.name(), "synchronised");
+        }
+        Ok((true, copied))
+    }
+
+    /// Each tier's status. `probe` measures latency now (a few small
+    /// requests) and reads the revisions.
+    pub fn status(&self, probe: bool) -> Vec<Status> {
+        if probe {
+            self.refresh();
+            for (i, m) in self.members.iter().enumerate() {
+                if !self.state(i).online {
+                    continue;
+                }
+                for _ in 0..3 {
+                    let t = Instant::now();
+                    if m.tier.stat(crate::format::names::CONFIG).is_ok() {
+                        self.measure(i, 0, t.elapsed());
+                    }
+                }
+            }
+        }
+        self.members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let s = self.state(i);
+                Status {
+                    name: m.tier.name().to_string(),
+                    online: s.online,
+                    revision: s.revision,
+                    synchronised: s.online && s.synced,
+                    latency_ms: s.latency.map(|l| l * 1000.0),
+                    throughput_mib_s: s.throughput.map(|t| t / 1_048_576.0),
+                    priority: m.priority,
+                    last_error: s.last_error.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Measures throughput on each online tier by reading up to `bytes` of
+    /// the largest object under `prefix`.
+    pub fn measure_throughput(&self, prefix: &str, bytes: u64) {
+        for (i, m) in self.members.iter().enumerate() {
+            if !self.state(i).online {
+                continue;
+            }
+            let Ok(objs) = m.tier.list(prefix) else {
+                continue;
+            };
+            let Some(o) = objs.iter().max_by_key(|o| o.size) else {
+                continue;
+            };
+            let n = o.size.min(bytes);
+            let t = Instant::now();
+            if let Ok(b) = m.tier.get_range(&o.key, 0, n) {
+                self.measure(i, b.len().max(256 << 10), t.elapsed());
+            }
+        }
+    }
+
+    /// What tier `i` lacks compared with the fastest synchronised tier:
+    /// `(objects, bytes)`.
+    pub fn lacks(&self, name: &str) -> Option<(u64, u64)> {
+        let dst = self.members.iter().position(|m| m.tier.name() == name)?;
+        let src = self
+            .read_order()
+            .into_iter()
+            .find(|&i| i != dst && self.state(i).online && self.state(i).synced)?;
+        let have: std::collections::HashSet<String> = self.members[dst]
+            .tier
+            .list("")
+            .ok()?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        let mut n = 0;
+        let mut bytes = 0;
+        for o in self.members[src].tier.list("").ok()? {
+            if o.key != TIERSTATE && !have.contains(&o.key) {
+                n += 1;
+                bytes += o.size;
+            }
+        }
+        Some((n, bytes))
     }
 }
 
@@ -96,33 +720,41 @@ impl Tier for TierSet {
         &self.label
     }
     fn is_remote(&self) -> bool {
-        self.tiers.iter().any(|t| t.is_remote())
+        self.members.iter().any(|m| m.tier.is_remote())
+    }
+    fn as_set(&self) -> Option<&TierSet> {
+        Some(self)
     }
     fn get(&self, key: &str) -> Result<Vec<u8>, TierError> {
-        self.read(|t| t.get(key))
+        self.read(key, |t| t.get(key), Vec::len)
     }
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, TierError> {
-        self.read(|t| t.get_range(key, offset, len))
+        self.read(key, |t| t.get_range(key, offset, len), Vec::len)
     }
     fn put(&self, key: &str, data: &[u8]) -> Result<(), TierError> {
         self.write(key, |t| t.put(key, data))
     }
-    /// The union of every tier's listing, so an object that only some
-    /// tiers hold (after a failed write) is still found.
+    /// The union of every online tier's listing, so an object that only
+    /// some tiers hold (after a failed write) is still found.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, TierError> {
         let mut seen = std::collections::HashMap::new();
         let mut ok = false;
         let mut first_err = None;
-        for t in &self.tiers {
-            match t.list(prefix) {
+        for i in self.read_order() {
+            match self.members[i].tier.list(prefix) {
                 Ok(objs) => {
+                    self.mark_online(i);
                     ok = true;
                     for o in objs {
                         seen.entry(o.key.clone()).or_insert(o);
                     }
                 }
                 Err(e) => {
-                    eprintln!("warning: {e}; listing the other tiers");
+                    if e.is_offline() {
+                        self.mark_offline(i, &e);
+                    } else {
+                        eprintln!("warning: {e}; listing the other tiers");
+                    }
                     first_err.get_or_insert(e);
                 }
             }
@@ -133,13 +765,17 @@ impl Tier for TierSet {
         }
     }
     fn stat(&self, key: &str) -> Result<Option<u64>, TierError> {
-        let found = self.read(|t| match t.stat(key)? {
-            Some(n) => Ok(n),
-            None => Err(TierError::NotFound {
-                tier: t.name().to_string(),
-                key: key.to_string(),
-            }),
-        });
+        let found = self.read(
+            key,
+            |t| match t.stat(key)? {
+                Some(n) => Ok(n),
+                None => Err(TierError::NotFound {
+                    tier: t.name().to_string(),
+                    key: key.to_string(),
+                }),
+            },
+            |_| 0,
+        );
         match found {
             Ok(n) => Ok(Some(n)),
             Err(e) if e.is_not_found() => Ok(None),
@@ -156,7 +792,11 @@ impl Tier for TierSet {
         len: u64,
         accept: &mut dyn FnMut(&[u8]) -> Result<(), String>,
     ) -> Result<(), TierError> {
-        self.read(|t| t.get_range_checked(key, offset, len, accept))
+        self.read(
+            key,
+            |t| t.get_range_checked(key, offset, len, accept),
+            |_| len as usize,
+        )
     }
 }
 
@@ -164,6 +804,7 @@ impl Tier for TierSet {
 mod tests {
     use super::*;
     use crate::tier::local::LocalTier;
+    use std::collections::HashMap;
 
     #[test]
     fn reads_fall_over_and_writes_reach_every_tier() {
@@ -179,5 +820,71 @@ mod tests {
         std::fs::remove_file(a.path().join("x/y")).unwrap();
         assert_eq!(set.get("x/y").unwrap(), b"1");
         assert!(set.get("x/z").unwrap_err().is_not_found());
+    }
+
+    struct Mem(Mutex<HashMap<String, u64>>, String);
+    impl LocalState for Mem {
+        fn installation(&self) -> String {
+            self.1.clone()
+        }
+        fn host(&self) -> String {
+            format!("host-{}", self.1)
+        }
+        fn last_revision(&self, t: &str) -> Option<u64> {
+            self.0.lock().unwrap().get(t).copied()
+        }
+        fn set_last_revision(&self, t: &str, r: u64) {
+            self.0.lock().unwrap().insert(t.into(), r);
+        }
+    }
+
+    fn rev(dir: &std::path::Path) -> u64 {
+        let b = std::fs::read(dir.join(TIERSTATE)).unwrap();
+        serde_json::from_slice::<TierState>(&b).unwrap().revision
+    }
+
+    #[test]
+    fn revisions_sync_and_a_second_installation() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let set = |dirs: &[&std::path::Path]| {
+            TierSet::new(
+                dirs.iter()
+                    .map(|d| Box::new(LocalTier::new(d)) as Box<dyn Tier>)
+                    .collect(),
+            )
+        };
+        let me = std::sync::Arc::new(Mem(Mutex::default(), "one".into()));
+        // A session on A alone: A is at 1, B (never written) at 0.
+        let s = set(&[a.path()]);
+        s.begin_write(me.clone(), false).unwrap();
+        s.put("data/x", b"x").unwrap();
+        assert_eq!(rev(a.path()), 1);
+        // Both tiers: B is behind, so writes skip it, and it gets no revision.
+        let s = set(&[a.path(), b.path()]);
+        s.begin_write(me.clone(), false).unwrap();
+        s.put("data/y", b"y").unwrap();
+        assert_eq!(rev(a.path()), 2);
+        assert!(!b.path().join("data/y").exists());
+        let st = s.status(false);
+        assert!(st[0].synchronised && !st[1].synchronised);
+        assert_eq!(s.lacks(b.path().to_str().unwrap()), Some((2, 2)));
+        // Sync copies what B lacks and gives it A's revision.
+        let (done, n) = s.sync(me.as_ref(), &|| false, &mut |_, _| {}).unwrap();
+        assert!(done);
+        assert_eq!(n, 2);
+        assert_eq!(std::fs::read(b.path().join("data/y")).unwrap(), b"y");
+        assert_eq!(rev(b.path()), 2);
+        // Another installation writes to A: the first one must stop.
+        let other = std::sync::Arc::new(Mem(Mutex::default(), "two".into()));
+        let s2 = set(&[a.path()]);
+        assert!(matches!(
+            s2.begin_write(other.clone(), false),
+            Err(WriteError::AnotherInstallation { .. })
+        ));
+        s2.begin_write(other.clone(), true).unwrap(); // takeover
+        let s = set(&[a.path(), b.path()]);
+        let err = s.begin_write(me.clone(), false).unwrap_err();
+        assert!(err.to_string().contains("host-two"), "{err}");
     }
 }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod servers;
 pub mod tree;
 
 use std::ffi::OsStr;

@@ -1,0 +1,109 @@
+//! `tiers`, `sync` and `takeover`: the tier rules seen from the command line.
+
+use super::Settings;
+use serde_json::json;
+use tiervault::human_bytes;
+
+pub fn tiers(s: &Settings, a: &super::args::TiersArgs) -> anyhow::Result<i32> {
+    let repo = s.open()?;
+    let set = repo.tiers();
+    set.measure_throughput("data/", 4 << 20);
+    let status = set.status(true);
+    let lacks: Vec<Option<(u64, u64)>> = status
+        .iter()
+        .map(|t| {
+            (a.lacks && t.online && !t.synchronised)
+                .then(|| set.lacks(&t.name))
+                .flatten()
+        })
+        .collect();
+    if s.json {
+        let rows: Vec<_> = status
+            .iter()
+            .zip(&lacks)
+            .map(|(t, l)| {
+                let mut v = serde_json::to_value(t).expect("serialises");
+                if let Some((n, b)) = l {
+                    v["lacks_objects"] = json!(n);
+                    v["lacks_bytes"] = json!(b);
+                }
+                v
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(0);
+    }
+    for (t, l) in status.iter().zip(&lacks) {
+        let state = match (t.online, t.synchronised) {
+            (false, _) => "offline".to_string(),
+            (true, true) => "online, synchronised".to_string(),
+            (true, false) => match l {
+                Some((n, b)) => format!("online, behind: lacks {n} objects ({})", human_bytes(*b)),
+                None => "online, behind (`tiervault sync` catches it up)".to_string(),
+            },
+        };
+        println!("{}", t.name);
+        println!("  state:      {state}");
+        println!(
+            "  revision:   {}",
+            t.revision.map_or("unknown".into(), |r| r.to_string())
+        );
+        if let Some(ms) = t.latency_ms {
+            println!("  latency:    {ms:.1} ms");
+        }
+        if let Some(mb) = t.throughput_mib_s {
+            println!("  throughput: {mb:.1} MiB/s");
+        }
+        if let Some(p) = t.priority {
+            println!("  priority:   {p}");
+        }
+        if let Some(e) = &t.last_error {
+            println!("  last error: {e}");
+        }
+    }
+    Ok(0)
+}
+
+pub fn sync(s: &Settings) -> anyhow::Result<i32> {
+    let repo = s.open()?;
+    let quiet = s.quiet;
+    let (done, copied) = repo
+        .tiers()
+        .sync(&repo.local_state(), &|| false, &mut |tier, what| {
+            if !quiet {
+                eprintln!("{tier}: {what}");
+            }
+        })?;
+    if s.json {
+        println!("{}", json!({"complete": done, "copied": copied}));
+    } else if !quiet {
+        println!(
+            "{} ({copied} objects copied)",
+            if done {
+                "every online tier is synchronised"
+            } else {
+                "stopped early; run `tiervault sync` again to resume"
+            }
+        );
+    }
+    let behind: Vec<String> = repo
+        .tiers()
+        .status(false)
+        .into_iter()
+        .filter(|t| !t.synchronised)
+        .map(|t| t.name)
+        .collect();
+    if !behind.is_empty() && !quiet {
+        eprintln!("still behind (offline): {}", behind.join(", "));
+    }
+    Ok(if done { 0 } else { 1 })
+}
+
+pub fn takeover(s: &Settings) -> anyhow::Result<i32> {
+    let repo = s.open()?;
+    repo.begin_write(true)?;
+    if !s.quiet {
+        println!("this installation is now the writer of the repository on every online tier");
+    }
+    Ok(0)
+}

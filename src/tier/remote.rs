@@ -1,0 +1,275 @@
+//! Remote tiers, SFTP and S3-compatible object stores, through Apache
+//! OpenDAL (see `docs/TIERS.md` for why OpenDAL).
+//!
+//! OpenDAL is async; the tier trait is blocking. One small tokio runtime is
+//! shared by every remote tier, and each call blocks its (worker) thread on
+//! it. Temporary failures (a dropped connection, a server restarting) are
+//! retried with backoff, up to `TierSpec::retries` attempts; after that
+//! the error is `TierError::Offline`, and the tier set stops using the tier.
+
+use super::{ObjectInfo, Tier, TierError, TierSpec};
+use opendal::{ErrorKind, Operator};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        // HTTP for S3 through reqwest with the system's OpenSSL.
+        opendal_http_transport_reqwest::install_default();
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tier-io")
+            .enable_all()
+            .build()
+            .expect("cannot start the I/O runtime")
+    })
+}
+
+pub struct RemoteTier {
+    name: String,
+    op: Operator,
+    /// SFTP writes land under a temporary name and are renamed; an S3 PUT
+    /// is atomic by itself.
+    rename: bool,
+    retries: u32,
+}
+
+/// `user@host:port` and `/path` out of `sftp://user@host:port/path`.
+fn split_authority(rest: &str) -> (&str, &str) {
+    match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    }
+}
+
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.is_empty())
+}
+
+impl RemoteTier {
+    /// Opens `sftp://[user@]host[:port]/path` or `s3://bucket[/prefix]`.
+    pub fn open(loc: &str, opts: &TierSpec) -> Result<Self, TierError> {
+        runtime();
+        let bad = |why: String| TierError::BadLocation {
+            loc: loc.to_string(),
+            why,
+        };
+        let (scheme, rest) = loc
+            .split_once("://")
+            .ok_or_else(|| bad("no scheme".into()))?;
+        let (op, rename) = match scheme {
+            "sftp" => {
+                let (authority, path) = split_authority(rest);
+                if authority.is_empty() {
+                    return Err(bad("no host: write sftp://user@host:port/path".into()));
+                }
+                let mut b = opendal::services::Sftp::default()
+                    .endpoint(&format!("ssh://{authority}"))
+                    .root(path)
+                    .known_hosts_strategy(opts.known_hosts.as_deref().unwrap_or("strict"));
+                if let Some(k) = &opts.key {
+                    b = b.key(&k.to_string_lossy());
+                }
+                (Operator::new(b), true)
+            }
+            "s3" => {
+                let (bucket, prefix) = split_authority(rest);
+                if bucket.is_empty() {
+                    return Err(bad("no bucket: write s3://bucket/prefix".into()));
+                }
+                let mut b = opendal::services::S3::default()
+                    .bucket(bucket)
+                    .root(prefix)
+                    .disable_config_load()
+                    .disable_ec2_metadata();
+                let endpoint = opts.endpoint.clone().or_else(|| env("AWS_ENDPOINT_URL"));
+                if let Some(e) = &endpoint {
+                    b = b.endpoint(e);
+                }
+                let region = opts
+                    .region
+                    .clone()
+                    .or_else(|| env("AWS_REGION"))
+                    .or_else(|| env("AWS_DEFAULT_REGION"))
+                    .unwrap_or_else(|| "us-east-1".into());
+                b = b.region(&region);
+                let key_id = opts
+                    .access_key_id
+                    .clone()
+                    .or_else(|| env("AWS_ACCESS_KEY_ID"));
+                let secret = opts
+                    .secret_access_key
+                    .clone()
+                    .or_else(|| env("AWS_SECRET_ACCESS_KEY"));
+                match (key_id, secret) {
+                    (Some(k), Some(s)) => b = b.access_key_id(&k).secret_access_key(&s),
+                    _ => {
+                        return Err(bad(
+                            "no S3 credentials: set access_key_id and secret_access_key for the tier in the config file, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
+                        ))
+                    }
+                }
+                if let Some(t) = env("AWS_SESSION_TOKEN") {
+                    b = b.session_token(&t);
+                }
+                (Operator::new(b), false)
+            }
+            _ => return Err(TierError::UnsupportedLocation(loc.to_string())),
+        };
+        let mut op = op.map_err(|e| bad(e.to_string()))?;
+        if let Some(bps) = opts.bandwidth {
+            // Bytes per second, in bursts of at most one pack.
+            let bps = u32::try_from(bps.max(1)).unwrap_or(u32::MAX);
+            op = op.layer(opendal::layers::ThrottleLayer::new(bps, bps.max(32 << 20)));
+        }
+        Ok(Self {
+            name: loc.to_string(),
+            op,
+            rename,
+            retries: opts.retries.unwrap_or(10).max(1),
+        })
+    }
+
+    fn err(&self, key: &str, e: opendal::Error) -> TierError {
+        match e.kind() {
+            ErrorKind::NotFound => TierError::NotFound {
+                tier: self.name.clone(),
+                key: key.to_string(),
+            },
+            _ if e.is_temporary() => TierError::Offline {
+                tier: self.name.clone(),
+                reason: e.to_string(),
+            },
+            _ => TierError::Io {
+                tier: self.name.clone(),
+                key: key.to_string(),
+                source: std::io::Error::other(e.to_string()),
+            },
+        }
+    }
+
+    /// Runs `f` on the runtime, retrying temporary failures with backoff
+    /// (0.1 s doubling to 2 s) up to `retries` attempts in all.
+    fn call<T, F, Fut>(&self, key: &str, f: F) -> Result<T, TierError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = opendal::Result<T>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            match runtime().block_on(f()) {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_temporary() || is_connection(&e) => {
+                    if attempt >= self.retries {
+                        return Err(TierError::Offline {
+                            tier: self.name.clone(),
+                            reason: format!("{e} (after {attempt} attempts)"),
+                        });
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                    attempt += 1;
+                }
+                Err(e) => return Err(self.err(key, e)),
+            }
+        }
+    }
+}
+
+/// Failures that mean the server could not be reached at all.
+fn is_connection(e: &opendal::Error) -> bool {
+    let s = e.to_string().to_lowercase();
+    e.kind() == ErrorKind::Unexpected
+        && [
+            "connect",
+            "connection",
+            "broken pipe",
+            "timed out",
+            "ssh",
+            "dispatch",
+        ]
+        .iter()
+        .any(|w| s.contains(w))
+}
+
+impl Tier for RemoteTier {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn is_remote(&self) -> bool {
+        true
+    }
+    fn get(&self, key: &str) -> Result<Vec<u8>, TierError> {
+        self.call(key, || async { self.op.read(key).await })
+            .map(|b| b.to_vec())
+    }
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, TierError> {
+        let b = self.call(key, || async {
+            self.op.read_with(key).range(offset..offset + len).await
+        })?;
+        if (b.len() as u64) < len {
+            return Err(TierError::Corrupt {
+                tier: self.name.clone(),
+                key: key.to_string(),
+                msg: format!("short read: {} of {len} bytes at {offset}", b.len()),
+            });
+        }
+        Ok(b.to_vec())
+    }
+    fn put(&self, key: &str, data: &[u8]) -> Result<(), TierError> {
+        let buf = opendal::Buffer::from(data.to_vec());
+        if !self.rename {
+            return self
+                .call(key, || async { self.op.write(key, buf.clone()).await })
+                .map(|_| ());
+        }
+        let tmp = match key.rsplit_once('/') {
+            Some((dir, file)) => format!("{dir}/.tmp-{file}-{}", std::process::id()),
+            None => format!(".tmp-{key}-{}", std::process::id()),
+        };
+        self.call(key, || async { self.op.write(&tmp, buf.clone()).await })?;
+        self.call(key, || async { self.op.rename(&tmp, key).await })
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, TierError> {
+        let entries = match self.call(prefix, || async {
+            self.op.list_with(prefix).recursive(true).await
+        }) {
+            Ok(e) => e,
+            Err(e) if e.is_not_found() => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            let path = e.path();
+            if path.ends_with('/')
+                || path
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|f| f.starts_with(".tmp-"))
+            {
+                continue;
+            }
+            let size = match e.metadata().content_length() {
+                0 => self.stat(path)?.unwrap_or(0),
+                n => n,
+            };
+            out.push(ObjectInfo {
+                key: path.to_string(),
+                size,
+            });
+        }
+        Ok(out)
+    }
+    fn stat(&self, key: &str) -> Result<Option<u64>, TierError> {
+        match self.call(key, || async { self.op.stat(key).await }) {
+            Ok(m) => Ok(Some(m.content_length())),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    fn delete(&self, key: &str) -> Result<(), TierError> {
+        self.call(key, || async { self.op.delete(key).await })
+    }
+}

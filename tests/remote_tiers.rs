@@ -1,0 +1,300 @@
+//! Tiers on real servers on 127.0.0.1: OpenSSH's sshd (SFTP) and s3s-fs
+//! (S3). Servers are stopped and started under running commands to test
+//! the tier rules: writes complete on the tiers that are up, a returning
+//! tier is synchronised, a write waits while every tier is down, a second
+//! installation is stopped, and one remote tier is enough to recover.
+
+mod common;
+
+use common::servers::{Sshd, S3, S3_KEY, S3_SECRET};
+use common::tree::{assert_same, build_nasty, Shape};
+use common::{json, random_bytes, Env, PASSWORD};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary on a chosen list of tiers and cache dir.
+struct Tv {
+    tiers: Vec<String>,
+    cache: PathBuf,
+}
+
+impl Tv {
+    fn new(tiers: &[&str], cache: &Path) -> Self {
+        Self {
+            tiers: tiers.iter().map(|t| t.to_string()).collect(),
+            cache: cache.to_path_buf(),
+        }
+    }
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tiervault"));
+        for t in &self.tiers {
+            c.arg("-r").arg(t);
+        }
+        c.env("TIERVAULT_CACHE_DIR", &self.cache)
+            .env("TIERVAULT_PASSWORD", PASSWORD)
+            .env("AWS_ACCESS_KEY_ID", S3_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+            .env_remove("TIERVAULT_PASSWORD_FILE");
+        c
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "tiervault {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+    fn init(&self) {
+        self.ok(&["init", "--kdf-memory", "1024", "--kdf-iterations", "1"]);
+    }
+    /// Restores `latest` to `dst` on a fresh cache and compares with `src`.
+    fn restores(&self, src: &Path, dst: &Path) {
+        let spec = format!("latest:{}", src.display());
+        self.ok(&["restore", &spec, "--target", dst.to_str().unwrap()]);
+        assert_same(src, dst, false);
+    }
+}
+
+fn tier_status(tv: &Tv) -> Vec<serde_json::Value> {
+    json(&tv.ok(&["--json", "tiers"]))
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Whether a pack (a finished one, not a temporary file) reached `tier`'s
+/// directory; tolerant of a directory changing while it is read.
+fn has_pack(tier: &Path) -> bool {
+    let Ok(dirs) = std::fs::read_dir(tier.join("data")) else {
+        return false;
+    };
+    dirs.flatten().any(|d| {
+        std::fs::read_dir(d.path()).is_ok_and(|files| {
+            files
+                .flatten()
+                .any(|f| !f.file_name().to_string_lossy().starts_with('.'))
+        })
+    })
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn sftp_and_s3_tiers_each_hold_a_complete_copy() {
+    let env = Env::new();
+    let sshd = Sshd::start(env.dir.path());
+    let s3 = S3::start(env.dir.path());
+    let sftp_dir = env.path("sftp-tier");
+    let (local, sftp, s3loc) = (
+        env.path("local"),
+        sshd.location(&sftp_dir),
+        s3.location("vault"),
+    );
+    let src = env.path("src");
+    build_nasty(&src, &Shape::small());
+    let all = Tv::new(&[s(&local), &sftp, &s3loc], &env.path("cache"));
+    all.init();
+    all.ok(&["backup", s(&src)]);
+    // Every tier alone, on a fresh cache, restores and checks clean.
+    for (i, tier) in [s(&local), &sftp, &s3loc].iter().enumerate() {
+        let alone = Tv::new(&[tier], &env.path(&format!("cache-{i}")));
+        alone.ok(&["check", "--read-data"]);
+        alone.restores(&src, &env.path(&format!("restored-{i}")));
+    }
+    // What the tiers show.
+    let st = tier_status(&all);
+    assert_eq!(st.len(), 3);
+    for t in &st {
+        assert_eq!(t["online"], true, "{t}");
+        assert_eq!(t["synchronised"], true, "{t}");
+        assert_eq!(t["revision"], st[0]["revision"], "{st:?}");
+        assert!(t["latency_ms"].as_f64().is_some(), "{t}");
+    }
+    // Objects really are on the servers' disks.
+    assert!(sftp_dir.join("config").exists());
+    assert!(s3.dir("vault").join("config").exists());
+}
+
+#[test]
+fn a_tier_that_goes_down_mid_backup_catches_up_with_sync() {
+    let env = Env::new();
+    let mut sshd = Sshd::start(env.dir.path());
+    let sftp_dir = env.path("sftp-tier");
+    let (local, sftp) = (env.path("local"), sshd.location(&sftp_dir));
+    let tv = Tv::new(&[s(&local), &sftp], &env.path("cache"));
+    tv.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..12 {
+        std::fs::write(src.join(format!("f{i}")), random_bytes(8 << 20, i)).unwrap();
+    }
+    // Stop sshd once the backup has written a pack to it.
+    let child = tv
+        .cmd()
+        .args(["backup", s(&src)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !has_pack(&sftp_dir) {
+        assert!(Instant::now() < deadline, "no pack reached the SFTP tier");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sshd.down();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("offline"), "{err}");
+    // The local tier has everything; the SFTP tier is behind.
+    Tv::new(&[s(&local)], &env.path("cache-local")).restores(&src, &env.path("r-local"));
+    sshd.up();
+    let st = tier_status(&tv);
+    assert_eq!(st[1]["online"], true, "{st:?}");
+    assert_eq!(st[1]["synchronised"], false, "{st:?}");
+    assert!(
+        st[0]["revision"].as_u64() > st[1]["revision"].as_u64(),
+        "{st:?}"
+    );
+    // Writes skip it until it is synchronised.
+    std::fs::write(src.join("late"), b"written while the SFTP tier lags").unwrap();
+    tv.ok(&["backup", s(&src)]);
+    tv.ok(&["sync"]);
+    let st = tier_status(&tv);
+    assert!(st.iter().all(|t| t["synchronised"] == true), "{st:?}");
+    assert_eq!(st[0]["revision"], st[1]["revision"]);
+    // The SFTP tier alone, on a fresh cache, is complete.
+    let alone = Tv::new(&[&sftp], &env.path("cache-sftp"));
+    alone.ok(&["check", "--read-data"]);
+    alone.restores(&src, &env.path("r-sftp"));
+}
+
+#[test]
+fn a_write_waits_while_every_tier_is_down() {
+    let env = Env::new();
+    let mut sshd = Sshd::start(env.dir.path());
+    let mut s3 = S3::start(env.dir.path());
+    let tv = Tv::new(
+        &[
+            &sshd.location(&env.path("sftp-tier")),
+            &s3.location("vault"),
+        ],
+        &env.path("cache"),
+    );
+    tv.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..10 {
+        std::fs::write(src.join(format!("f{i}")), random_bytes(6 << 20, 100 + i)).unwrap();
+    }
+    let mut child = tv
+        .cmd()
+        .args(["backup", s(&src)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !has_pack(&s3.dir("vault")) {
+        assert!(Instant::now() < deadline, "no pack reached the S3 tier");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sshd.down();
+    s3.down();
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the backup gave up instead of waiting"
+    );
+    s3.up();
+    sshd.up();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("waiting for one to come back"), "{err}");
+    tv.ok(&["sync"]);
+    let st = tier_status(&tv);
+    assert!(st.iter().all(|t| t["synchronised"] == true), "{st:?}");
+    for (i, tier) in tv.tiers.iter().enumerate() {
+        let alone = Tv::new(&[tier], &env.path(&format!("cache-{i}")));
+        alone.ok(&["check", "--read-data"]);
+        alone.restores(&src, &env.path(&format!("r-{i}")));
+    }
+}
+
+#[test]
+fn a_second_installation_is_stopped_and_takeover_hands_over() {
+    let env = Env::new();
+    let s3 = S3::start(env.dir.path());
+    let loc = s3.location("vault");
+    let first = Tv::new(&[&loc], &env.path("cache-first"));
+    first.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), b"one").unwrap();
+    first.ok(&["backup", s(&src)]);
+    // A second machine (its own cache dir) may read, not write.
+    let second = Tv::new(&[&loc], &env.path("cache-second"));
+    second.ok(&["revisions"]);
+    let out = second.run(&["backup", s(&src)]);
+    assert_eq!(
+        out.status.code(),
+        Some(13),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another installation"));
+    // After a takeover the second writes, and the first is the one stopped.
+    second.ok(&["takeover"]);
+    std::fs::write(src.join("b"), b"two").unwrap();
+    second.ok(&["backup", s(&src)]);
+    let out = first.run(&["backup", s(&src)]);
+    assert_eq!(
+        out.status.code(),
+        Some(13),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another installation") && err.contains("takeover"),
+        "{err}"
+    );
+    // Reading stays allowed.
+    let revs = json(&first.ok(&["--json", "revisions"]));
+    assert_eq!(revs.as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn recovery_from_one_remote_tier_on_a_new_machine() {
+    let env = Env::new();
+    let sshd = Sshd::start(env.dir.path());
+    let sftp = sshd.location(&env.path("sftp-tier"));
+    let src = env.path("src");
+    build_nasty(&src, &Shape::small());
+    let home = Tv::new(&[s(&env.path("local")), &sftp], &env.path("cache"));
+    home.init();
+    home.ok(&["backup", s(&src)]);
+    // The machine is lost: its local tier and its cache are gone.
+    std::fs::remove_dir_all(env.path("local")).unwrap();
+    std::fs::remove_dir_all(env.path("cache")).unwrap();
+    // The runbook (docs/RECOVERY.md): the password and one remote tier.
+    let new = Tv::new(&[&sftp], &env.path("new-cache"));
+    let revs = json(&new.ok(&["--json", "revisions"]));
+    assert_eq!(revs.as_array().unwrap().len(), 1);
+    new.ok(&["check", "--read-data"]);
+    new.restores(&src, &env.path("restored"));
+    new.ok(&["takeover"]);
+    std::fs::write(src.join("after"), b"the new machine writes").unwrap();
+    new.ok(&["backup", s(&src)]);
+}
