@@ -121,6 +121,7 @@ fn unencrypted_only_with_explicit_flag() {
             src.to_str().unwrap(),
         ])
         .env("TIERVAULT_CACHE_DIR", &env.cache)
+        .env("TIERVAULT_STATE_DIR", env.dir.path().join("state"))
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();

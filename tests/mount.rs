@@ -5,76 +5,13 @@
 
 mod common;
 
+use common::mount::Mount;
 use common::tree::{assert_same, build_nasty, Shape};
 use common::{is_root, Env};
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A running `tiervault mount`; unmounts and stops it when dropped, even
-/// when the test fails.
-struct Mount {
-    child: Option<Child>,
-    dir: PathBuf,
-}
-
-impl Mount {
-    fn start(env: &Env, dir: &Path) -> Mount {
-        fs::create_dir_all(dir).unwrap();
-        let child = env
-            .cmd()
-            .arg("mount")
-            .arg(dir)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let m = Mount {
-            child: Some(child),
-            dir: dir.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while fs::symlink_metadata(dir.join("latest")).is_err() {
-            assert!(Instant::now() < deadline, "the mount did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        m
-    }
-
-    /// Waits up to 10 s for the mount process to exit; returns its status.
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let child = self.child.as_mut().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                self.child = None;
-                return st;
-            }
-            assert!(Instant::now() < deadline, "the mount process did not exit");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        let pid = self.child.as_ref().unwrap().id() as i32;
-        // SAFETY: sending a signal to our own child.
-        unsafe { libc::kill(pid, sig) };
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg("-z")
-            .arg(&self.dir)
-            .output();
-    }
-}
 
 fn mounted(dir: &Path) -> bool {
     let mounts = fs::read_to_string("/proc/mounts").unwrap();
@@ -244,10 +181,7 @@ fn daemon_mode_returns_once_mounted_and_stops_on_unmount() {
     let mnt = env.path("mnt");
     fs::create_dir_all(&mnt).unwrap();
     // Unmounts even when an assertion below fails.
-    let _guard = Mount {
-        child: None,
-        dir: mnt.clone(),
-    };
+    let _guard = Mount::guard(&mnt);
     let out = env.ok([
         std::ffi::OsStr::new("mount"),
         "--daemon".as_ref(),

@@ -31,7 +31,9 @@ impl Tv {
         for t in &self.tiers {
             c.arg("-r").arg(t);
         }
+        // Each cache dir stands for one machine, with its own state.
         c.env("TIERVAULT_CACHE_DIR", &self.cache)
+            .env("TIERVAULT_STATE_DIR", self.cache.with_extension("state"))
             .env("TIERVAULT_PASSWORD", PASSWORD)
             .env("AWS_ACCESS_KEY_ID", S3_KEY)
             .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
@@ -297,4 +299,51 @@ fn recovery_from_one_remote_tier_on_a_new_machine() {
     new.ok(&["takeover"]);
     std::fs::write(src.join("after"), b"the new machine writes").unwrap();
     new.ok(&["backup", s(&src)]);
+}
+
+#[test]
+fn the_mount_reads_on_when_the_fastest_tier_stops() {
+    let env = Env::new();
+    let sshd = Sshd::start(env.dir.path());
+    let mut s3 = S3::start(env.dir.path());
+    // The S3 tier is read first (priority 1); SFTP is the fallback.
+    let first = format!("{}&priority=1", s3.location("vault"));
+    let tv = Tv::new(
+        &[&first, &sshd.location(&env.path("sftp-tier"))],
+        &env.path("cache"),
+    );
+    tv.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let data = random_bytes(40 << 20, 7);
+    std::fs::write(src.join("big"), &data).unwrap();
+    tv.ok(&["backup", s(&src)]);
+
+    let mnt = env.path("mnt");
+    let _m = common::mount::Mount::spawn(tv.cmd(), &mnt);
+    let path = mnt
+        .join("latest")
+        .join(src.strip_prefix("/").unwrap())
+        .join("big");
+    let mut f = std::fs::File::open(&path).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    use std::io::Read;
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if got.len() >= 8 << 20 && s3.running() {
+            s3.down();
+        }
+    }
+    assert!(!s3.running());
+    assert!(
+        got == data,
+        "the bytes read through the mount differ ({} of {})",
+        got.len(),
+        data.len()
+    );
 }

@@ -15,6 +15,7 @@ fn tv(tiers: &[&Path], cache: &Path) -> Command {
         c.arg("-r").arg(t);
     }
     c.env("TIERVAULT_CACHE_DIR", cache)
+        .env("TIERVAULT_STATE_DIR", cache.with_extension("state"))
         .env("TIERVAULT_PASSWORD", common::PASSWORD);
     c
 }
@@ -64,8 +65,10 @@ fn a_damaged_copy_on_one_tier_is_read_from_the_other() {
     bytes[at] ^= 1;
     fs::write(&pack, bytes).unwrap();
 
+    // Tier A is read first (priority 1), so the damage is met.
+    let a_first = std::path::PathBuf::from(format!("file://{}?priority=1", a.display()));
     let dst = env.path("dst");
-    let o = ok(tv(&[&a, &b], &cache)
+    let o = ok(tv(&[&a_first, &b], &cache)
         .args(["restore", &format!("latest:{}", src.display()), "--target"])
         .arg(&dst));
     assert_eq!(
@@ -87,6 +90,26 @@ fn a_damaged_copy_on_one_tier_is_read_from_the_other() {
     let name = pack.file_name().unwrap().to_str().unwrap();
     assert!(String::from_utf8_lossy(&o.stderr).contains(name));
     ok(tv(&[&b], &env.path("cache-b")).args(["check", "--read-data"]));
+
+    // Checked together, the bad copy is named with its tier; --repair
+    // replaces it with the verified copy from the other tier.
+    let o = tv(&[&a, &b], &cache)
+        .args(["check", "--read-data"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(name) && err.contains(a.to_str().unwrap()),
+        "{err}"
+    );
+    let o = ok(tv(&[&a, &b], &cache).args(["check", "--read-data", "--repair"]));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("repaired") && out.contains(name), "{out}");
+    ok(tv(&[&a], &env.path("cache-a2")).args(["check", "--read-data"]));
+    assert_eq!(
+        fs::read(&pack).unwrap(),
+        fs::read(b.join(pack.strip_prefix(&a).unwrap())).unwrap()
+    );
 }
 
 #[test]

@@ -14,13 +14,16 @@ Exit codes:
   3    backup saved, but some files or directories could not be read and were left out
   10   no repository at the given location
   12   wrong password
+  13   another installation has written to the tiers (run `tiervault takeover` only if it is gone)
 
 A backup that is interrupted or killed saves no revision; the next one reuses what it stored.
 
 Environment:
   TIERVAULT_PASSWORD_FILE  file whose first line is the repository password
   TIERVAULT_PASSWORD       the repository password
-  TIERVAULT_CACHE_DIR      where local caches live (default: $XDG_CACHE_HOME/tiervault or ~/.cache/tiervault)";
+  TIERVAULT_CACHE_DIR      where local caches live (default: $XDG_CACHE_HOME/tiervault or ~/.cache/tiervault)
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL
+                           S3 tiers' credentials, region and endpoint when the config file does not give them";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -226,9 +229,12 @@ pub struct TakeoverArgs {}
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
-    /// Also read, decrypt and verify every stored blob
+    /// Also read, decrypt and verify every stored blob, on every online tier
     #[arg(long)]
     pub read_data: bool,
+    /// With --read-data: replace a damaged or missing pack on one tier with a verified copy from another
+    #[arg(long, requires = "read_data")]
+    pub repair: bool,
 }
 
 #[derive(Args, Debug)]

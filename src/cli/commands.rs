@@ -144,7 +144,7 @@ pub fn restore(s: &Settings, a: &RestoreArgs) -> anyhow::Result<i32> {
 
 pub fn check(s: &Settings, a: &CheckArgs) -> anyhow::Result<i32> {
     let repo = s.open()?;
-    let r = check::run(&repo, a.read_data)?;
+    let r = check::run(&repo, a.read_data, a.repair)?;
     if s.json {
         println!(
             "{}",
@@ -335,7 +335,7 @@ fn detach(s: &Settings, a: &MountArgs) -> anyhow::Result<i32> {
 pub fn report_repairs(repo: &tiervault::repo::Repository) {
     for (tier, key) in repo.tiers().repairs() {
         eprintln!(
-            "warning: tier {tier} holds a damaged copy of {key}; the data came from another tier. Run `tiervault -r {tier} check --read-data` to list the damage there"
+            "warning: tier {tier} holds a damaged copy of {key}; the data came from another tier. Run `tiervault check --read-data --repair` (with the same tiers) to replace it with a verified copy"
         );
     }
 }

@@ -126,9 +126,13 @@ impl Settings {
         let mut missing = Vec::new();
         let mut offline = Vec::new();
         let mut empty_remote = 0;
+        let mut latency = Vec::new();
         for spec in &self.tiers {
             let t = open_spec(spec)?;
-            match t.stat(names::CONFIG) {
+            let started = std::time::Instant::now();
+            let found = t.stat(names::CONFIG);
+            latency.push(started.elapsed());
+            match found {
                 Ok(Some(_)) => tiers.push((t, spec.priority)),
                 // A new, empty remote tier: it is unsynchronised (revision
                 // 0) until `tiervault sync` copies the repository there. An
@@ -141,7 +145,10 @@ impl Settings {
                     empty_remote += 1;
                     tiers.push((t, spec.priority));
                 }
-                Ok(None) => missing.push(t),
+                Ok(None) => {
+                    latency.pop();
+                    missing.push(t);
+                }
                 // Kept: it is probed again later, and synchronised when back.
                 Err(e) => {
                     offline.push((tiers.len(), e));
@@ -174,6 +181,10 @@ impl Settings {
         store.set_wait_limit(self.wait_limit);
         for (i, e) in &offline {
             store.mark_offline(*i, e);
+        }
+        // The first measurement for the read ranking.
+        for (i, d) in latency.into_iter().enumerate() {
+            store.note_latency(i, d);
         }
         Ok(Arc::new(Repository::open_named(
             Box::new(store),

@@ -29,7 +29,10 @@ struct Known {
     blobs: HashMap<BlobId, (BlobId, BlobEntry)>,
 }
 
-pub fn run(repo: &Repository, read_data: bool) -> crate::repo::Result<CheckReport> {
+/// Checks the repository; with `read_data`, reads and verifies every pack
+/// on every tier, and with `repair` also replaces a damaged or missing copy
+/// on one tier with a verified copy from another.
+pub fn run(repo: &Repository, read_data: bool, repair: bool) -> crate::repo::Result<CheckReport> {
     let store = repo.store();
     let mut r = CheckReport::default();
     let mut known = Known {
@@ -96,7 +99,7 @@ pub fn run(repo: &Repository, read_data: bool) -> crate::repo::Result<CheckRepor
     r.blobs = known.blobs.len();
     check_revisions(repo, store, &known, &mut r)?;
     if read_data {
-        read_all(repo, &listed, &known, &mut r);
+        read_all(repo, &listed, &known, repair, &mut r);
     }
     Ok(r)
 }
@@ -186,48 +189,106 @@ fn read_tree(
     crate::format::tree::decode_tree(&plain).map_err(|e| e.to_string())
 }
 
-fn read_all(repo: &Repository, listed: &HashMap<BlobId, u64>, known: &Known, r: &mut CheckReport) {
+fn read_all(
+    repo: &Repository,
+    listed: &HashMap<BlobId, u64>,
+    known: &Known,
+    repair: bool,
+    r: &mut CheckReport,
+) {
     let packs: Vec<BlobId> = listed.keys().copied().collect();
-    let results: Vec<Vec<String>> = std::thread::scope(|s| {
+    let results: Vec<(Vec<String>, Vec<String>)> = std::thread::scope(|s| {
         let chunks: Vec<&[BlobId]> = packs.chunks(packs.len().div_ceil(2).max(1)).collect();
         let handles: Vec<_> = chunks
             .into_iter()
             .map(|c| {
                 s.spawn(move || {
                     c.iter()
-                        .flat_map(|p| read_pack(repo, p, known))
+                        .map(|p| read_pack(repo, p, known, repair))
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| {
+            .flat_map(|h| {
                 h.join()
-                    .unwrap_or_else(|_| vec!["a check worker panicked".into()])
+                    .unwrap_or_else(|_| vec![(vec!["a check worker panicked".into()], vec![])])
             })
             .collect()
     });
     r.packs_read = packs.len();
-    r.errors.extend(results.into_iter().flatten());
+    for (errs, notes) in results {
+        r.errors.extend(errs);
+        r.notes.extend(notes);
+    }
 }
 
-fn read_pack(repo: &Repository, id: &BlobId, known: &Known) -> Vec<String> {
+/// Reads pack `id` from every tier: a copy is good when its content hashes
+/// to its name. The first good copy is verified blob by blob; damaged and
+/// missing copies are named with their tier, and replaced when `repair`.
+/// Returns `(errors, notes)`.
+fn read_pack(
+    repo: &Repository,
+    id: &BlobId,
+    known: &Known,
+    repair: bool,
+) -> (Vec<String>, Vec<String>) {
     let key = names::pack(id);
-    let bytes = match repo.store().get(&key) {
-        Ok(b) => b,
-        Err(e) => return vec![format!("{key}: {e}")],
-    };
-    if BlobId::of_stored(&bytes) != *id {
-        return vec![format!(
-            "{key}: content does not match its name (the pack is damaged)"
-        )];
+    let mut errs = Vec::new();
+    let mut notes = Vec::new();
+    let mut good: Option<Vec<u8>> = None;
+    let mut bad = Vec::new();
+    let tiers = repo.tiers().online();
+    let many = tiers.len() > 1;
+    for t in &tiers {
+        let on = if many {
+            format!(" on tier {}", t.name())
+        } else {
+            String::new()
+        };
+        match t.get(&key) {
+            Ok(b) if BlobId::of_stored(&b) == *id => {
+                if good.is_none() {
+                    good = Some(b);
+                }
+            }
+            Ok(_) => bad.push((
+                *t,
+                format!("{key}{on}: content does not match its name (the pack is damaged)"),
+                false,
+            )),
+            Err(e) if e.is_not_found() && many => {
+                bad.push((*t, format!("{key} is missing{on}"), true))
+            }
+            Err(e) => errs.push(format!("{key}{on}: {e}")),
+        }
     }
+    for (t, msg, missing) in bad {
+        match &good {
+            Some(bytes) if repair => match t.put(&key, bytes) {
+                Ok(()) => notes.push(format!("{msg}: repaired from a verified copy")),
+                Err(e) => errs.push(format!("{msg}, and repairing it failed: {e}")),
+            },
+            Some(_) if missing => notes.push(format!(
+                "{msg}; `tiervault sync` or `check --read-data --repair` copies it"
+            )),
+            Some(_) => errs.push(format!(
+                "{msg}; `check --read-data --repair` replaces it with a verified copy"
+            )),
+            None => errs.push(msg),
+        }
+    }
+    let Some(bytes) = good else {
+        return (errs, notes);
+    };
     let entries = match pack::parse_pack(repo.keys(), &bytes) {
         Ok(e) => e,
-        Err(e) => return vec![format!("{key}: {e}")],
+        Err(e) => {
+            errs.push(format!("{key}: {e}"));
+            return (errs, notes);
+        }
     };
-    let mut errs = Vec::new();
     for e in &entries {
         // parse_pack checked the range; compute it without u32 overflow.
         let Some(stored) = bytes.get(e.offset as usize..e.offset as usize + e.stored_len as usize)
@@ -250,5 +311,5 @@ fn read_pack(repo: &Repository, id: &BlobId, known: &Known) -> Vec<String> {
             }
         }
     }
-    errs
+    (errs, notes)
 }

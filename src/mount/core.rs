@@ -374,6 +374,8 @@ pub struct FsCore {
     uid: u32,
     gid: u32,
     started: Timestamp,
+    /// When the last request that may touch storage arrived.
+    last_request: Mutex<Instant>,
 }
 
 /// The fixed entries of the root.
@@ -463,6 +465,7 @@ impl FsCore {
             uid,
             gid,
             started: crate::repo::now(),
+            last_request: Mutex::new(Instant::now()),
         }
     }
 
@@ -500,6 +503,16 @@ impl FsCore {
             t.went_idle(e.ino);
         }
         inode
+    }
+
+    /// Notes a request, for `idle_for`.
+    pub fn touch(&self) {
+        *self.last_request.lock().expect("last request") = Instant::now();
+    }
+
+    /// How long no request has touched storage.
+    pub fn idle_for(&self) -> Duration {
+        self.last_request.lock().expect("last request").elapsed()
     }
 
     /// Counts the kernel's reference to an entry of a READDIRPLUS reply.

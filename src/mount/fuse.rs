@@ -53,6 +53,7 @@ impl FuseFs {
     /// Runs `job` on a worker with the core; if the pool is gone (the mount
     /// is stopping), runs it here.
     fn spawn(&self, job: impl FnOnce(&FsCore) + Send + 'static) {
+        self.core.touch();
         let core = self.core.clone();
         if let Err(back) = self.jobs.send(Box::new(move || job(&core))) {
             (back.0)();

@@ -49,7 +49,8 @@ pub fn run(
     ready: impl FnOnce(),
 ) -> Result<(), String> {
     check_mountpoint(dir)?;
-    let core = Arc::new(core::FsCore::new(repo, opts.core));
+    let core = Arc::new(core::FsCore::new(repo.clone(), opts.core));
+    let idle_sync = spawn_idle_sync(repo, core.clone());
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![
         fuser::MountOption::FSName("tiervault".into()),
@@ -77,6 +78,10 @@ pub fn run(
     while !STOP.load(Ordering::SeqCst) && !session.guard.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The idle sync stops at its next check; the process does not wait
+    // for a tier that is slow to answer.
+    STOP.store(true, Ordering::SeqCst);
+    drop(idle_sync);
     if session.guard.is_finished() {
         // Unmounted from outside (fusermount3 -u).
         return session.join().map_err(|e| e.to_string());
@@ -84,4 +89,42 @@ pub fn run(
     session
         .umount_and_join()
         .map_err(|e| format!("unmounting {}: {e}", dir.display()))
+}
+
+/// While the mount is idle (no request for `IDLE`), brings tiers that came
+/// back after missing writes up to date (tier rule 4). A request, a write
+/// elsewhere or the end of the mount stops the sync; it resumes later.
+fn spawn_idle_sync(repo: Arc<Repository>, core: Arc<core::FsCore>) -> std::thread::JoinHandle<()> {
+    const IDLE: Duration = Duration::from_secs(10);
+    const EVERY: Duration = Duration::from_secs(30);
+    std::thread::spawn(move || {
+        let mut waited = Duration::ZERO;
+        while !STOP.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(200));
+            waited += Duration::from_millis(200);
+            if waited < EVERY || core.idle_for() < IDLE {
+                continue;
+            }
+            waited = Duration::ZERO;
+            let set = repo.tiers();
+            if set.tiers().count() < 2 {
+                continue;
+            }
+            set.refresh();
+            if set
+                .status(false)
+                .iter()
+                .all(|t| t.synchronised || !t.online)
+            {
+                continue;
+            }
+            let busy = || STOP.load(Ordering::SeqCst) || core.idle_for() < IDLE;
+            let report = set.sync(&repo.local_state(), &busy, &mut |tier, what| {
+                eprintln!("tiervault mount: sync {tier}: {what}");
+            });
+            if let Err(e) = report {
+                eprintln!("tiervault mount: sync: {e}");
+            }
+        }
+    })
 }

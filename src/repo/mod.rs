@@ -66,7 +66,6 @@ pub struct RepoConfig {
 
 pub struct Repository {
     store: Box<dyn Tier>,
-    cache_root: PathBuf,
     keys: Keys,
     config: RepoConfig,
     index: Index,
@@ -105,6 +104,21 @@ pub fn default_cache_root() -> PathBuf {
     }
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
     Path::new(&home).join(".cache/tiervault")
+}
+
+/// Where this installation keeps its state (its id, and the revisions it
+/// left on each tier): `TIERVAULT_STATE_DIR`, else `$XDG_STATE_HOME/tiervault`,
+/// else `~/.local/state/tiervault`. It is state, not cache: deleting the
+/// cache dir does not make this machine a stranger to its tiers.
+pub fn default_state_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("TIERVAULT_STATE_DIR") {
+        return d.into();
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return Path::new(&d).join("tiervault");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    Path::new(&home).join(".local/state/tiervault")
 }
 
 /// Every blob of an index entry lies inside its pack.
@@ -277,7 +291,6 @@ impl Repository {
             config,
             index,
             cache_dir,
-            cache_root: cache_root.to_path_buf(),
         };
         repo.sync_index()?;
         Ok(repo)
@@ -294,9 +307,10 @@ impl Repository {
 
     /// This machine's memory of the tiers (see `tier::set::LocalState`).
     pub fn local_state(&self) -> LocalTiers {
+        let root = default_state_root();
         LocalTiers {
-            file: self.cache_dir.join("tiers.json"),
-            installation: self.cache_root.join("installation"),
+            file: root.join(&self.config.id).join("tiers.json"),
+            installation: root.join("installation"),
         }
     }
 
@@ -533,9 +547,9 @@ impl Repository {
     }
 }
 
-/// The local half of the tier rules: this installation's id (one per cache
-/// root, made on first use) and the revision it last left on each tier
-/// (`tiers.json` in the repository's cache dir).
+/// The local half of the tier rules: this installation's id (made on first
+/// use) and the revision it last left on each tier, under the state dir
+/// (`default_state_root`).
 pub struct LocalTiers {
     file: PathBuf,
     installation: PathBuf,
@@ -583,6 +597,9 @@ impl crate::tier::set::LocalState for LocalTiers {
         self.load().get(tier).copied()
     }
     fn set_last_revision(&self, tier: &str, rev: u64) {
+        if let Some(dir) = self.file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
         let mut m = self.load();
         m.insert(tier.to_string(), rev);
         let tmp = self.file.with_extension("tmp");

@@ -72,7 +72,9 @@ pub struct TierSpec {
     pub name: Option<String>,
     /// SFTP: the private key file.
     pub key: Option<PathBuf>,
-    /// SFTP: `strict` (default), `accept` (accept a new host key) or `add`.
+    /// SFTP: `strict` (default: the host key must be in known_hosts), `add`
+    /// (a new host's key is added; a changed key is refused) or `accept`
+    /// (any key, even a changed one: only on a trusted network).
     pub known_hosts: Option<String>,
     /// S3: the endpoint URL (Garage, MinIO, Ceph), e.g. `http://nas:3900`.
     pub endpoint: Option<String>,

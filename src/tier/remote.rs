@@ -28,11 +28,43 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 
 pub struct RemoteTier {
     name: String,
-    op: Operator,
+    op: std::sync::RwLock<Operator>,
+    spec: TierSpec,
     /// SFTP writes land under a temporary name and are renamed; an S3 PUT
     /// is atomic by itself.
     rename: bool,
     retries: u32,
+    throttle: Option<Throttle>,
+}
+
+/// A bandwidth limit for reads and writes together: each transfer books
+/// its bytes at `rate` after the ones before it, and the caller waits until
+/// its booking ends, so the average stays at or below the rate.
+struct Throttle {
+    rate: f64,
+    next_free: std::sync::Mutex<std::time::Instant>,
+}
+
+impl Throttle {
+    fn new(bytes_per_sec: u64) -> Self {
+        Self {
+            rate: bytes_per_sec.max(1) as f64,
+            next_free: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    fn pace(&self, bytes: usize) {
+        let until = {
+            let mut next = self.next_free.lock().expect("throttle");
+            let start = (*next).max(std::time::Instant::now());
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.rate);
+            *next
+        };
+        let now = std::time::Instant::now();
+        if until > now {
+            std::thread::sleep(until - now);
+        }
+    }
 }
 
 /// `user@host:port` and `/path` out of `sftp://user@host:port/path`.
@@ -47,88 +79,109 @@ fn env(k: &str) -> Option<String> {
     std::env::var(k).ok().filter(|v| !v.is_empty())
 }
 
+/// The OpenDAL operator for a location, and whether writes need a
+/// temporary name and a rename.
+fn build(loc: &str, opts: &TierSpec) -> Result<(Operator, bool), TierError> {
+    let bad = |why: String| TierError::BadLocation {
+        loc: loc.to_string(),
+        why,
+    };
+    let (scheme, rest) = loc
+        .split_once("://")
+        .ok_or_else(|| bad("no scheme".into()))?;
+    let (op, rename) = match scheme {
+        "sftp" => {
+            let (authority, path) = split_authority(rest);
+            if authority.is_empty() {
+                return Err(bad("no host: write sftp://user@host:port/path".into()));
+            }
+            let mut b = opendal::services::Sftp::default()
+                .endpoint(&format!("ssh://{authority}"))
+                .root(path)
+                .known_hosts_strategy(opts.known_hosts.as_deref().unwrap_or("strict"));
+            if let Some(k) = &opts.key {
+                b = b.key(&k.to_string_lossy());
+            }
+            (Operator::new(b), true)
+        }
+        "s3" => {
+            let (bucket, prefix) = split_authority(rest);
+            if bucket.is_empty() {
+                return Err(bad("no bucket: write s3://bucket/prefix".into()));
+            }
+            let mut b = opendal::services::S3::default()
+                .bucket(bucket)
+                .root(prefix)
+                .disable_config_load()
+                .disable_ec2_metadata();
+            let endpoint = opts.endpoint.clone().or_else(|| env("AWS_ENDPOINT_URL"));
+            if let Some(e) = &endpoint {
+                b = b.endpoint(e);
+            }
+            let region = opts
+                .region
+                .clone()
+                .or_else(|| env("AWS_REGION"))
+                .or_else(|| env("AWS_DEFAULT_REGION"))
+                .unwrap_or_else(|| "us-east-1".into());
+            b = b.region(&region);
+            let key_id = opts
+                .access_key_id
+                .clone()
+                .or_else(|| env("AWS_ACCESS_KEY_ID"));
+            let secret = opts
+                .secret_access_key
+                .clone()
+                .or_else(|| env("AWS_SECRET_ACCESS_KEY"));
+            match (key_id, secret) {
+                (Some(k), Some(s)) => b = b.access_key_id(&k).secret_access_key(&s),
+                _ => {
+                    return Err(bad(
+                        "no S3 credentials: set access_key_id and secret_access_key for the tier in the config file, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
+                    ))
+                }
+            }
+            if let Some(t) = env("AWS_SESSION_TOKEN") {
+                b = b.session_token(&t);
+            }
+            (Operator::new(b), false)
+        }
+        _ => return Err(TierError::UnsupportedLocation(loc.to_string())),
+    };
+    Ok((op.map_err(|e| bad(e.to_string()))?, rename))
+}
+
 impl RemoteTier {
     /// Opens `sftp://[user@]host[:port]/path` or `s3://bucket[/prefix]`.
     pub fn open(loc: &str, opts: &TierSpec) -> Result<Self, TierError> {
         runtime();
-        let bad = |why: String| TierError::BadLocation {
-            loc: loc.to_string(),
-            why,
-        };
-        let (scheme, rest) = loc
-            .split_once("://")
-            .ok_or_else(|| bad("no scheme".into()))?;
-        let (op, rename) = match scheme {
-            "sftp" => {
-                let (authority, path) = split_authority(rest);
-                if authority.is_empty() {
-                    return Err(bad("no host: write sftp://user@host:port/path".into()));
-                }
-                let mut b = opendal::services::Sftp::default()
-                    .endpoint(&format!("ssh://{authority}"))
-                    .root(path)
-                    .known_hosts_strategy(opts.known_hosts.as_deref().unwrap_or("strict"));
-                if let Some(k) = &opts.key {
-                    b = b.key(&k.to_string_lossy());
-                }
-                (Operator::new(b), true)
-            }
-            "s3" => {
-                let (bucket, prefix) = split_authority(rest);
-                if bucket.is_empty() {
-                    return Err(bad("no bucket: write s3://bucket/prefix".into()));
-                }
-                let mut b = opendal::services::S3::default()
-                    .bucket(bucket)
-                    .root(prefix)
-                    .disable_config_load()
-                    .disable_ec2_metadata();
-                let endpoint = opts.endpoint.clone().or_else(|| env("AWS_ENDPOINT_URL"));
-                if let Some(e) = &endpoint {
-                    b = b.endpoint(e);
-                }
-                let region = opts
-                    .region
-                    .clone()
-                    .or_else(|| env("AWS_REGION"))
-                    .or_else(|| env("AWS_DEFAULT_REGION"))
-                    .unwrap_or_else(|| "us-east-1".into());
-                b = b.region(&region);
-                let key_id = opts
-                    .access_key_id
-                    .clone()
-                    .or_else(|| env("AWS_ACCESS_KEY_ID"));
-                let secret = opts
-                    .secret_access_key
-                    .clone()
-                    .or_else(|| env("AWS_SECRET_ACCESS_KEY"));
-                match (key_id, secret) {
-                    (Some(k), Some(s)) => b = b.access_key_id(&k).secret_access_key(&s),
-                    _ => {
-                        return Err(bad(
-                            "no S3 credentials: set access_key_id and secret_access_key for the tier in the config file, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
-                        ))
-                    }
-                }
-                if let Some(t) = env("AWS_SESSION_TOKEN") {
-                    b = b.session_token(&t);
-                }
-                (Operator::new(b), false)
-            }
-            _ => return Err(TierError::UnsupportedLocation(loc.to_string())),
-        };
-        let mut op = op.map_err(|e| bad(e.to_string()))?;
-        if let Some(bps) = opts.bandwidth {
-            // Bytes per second, in bursts of at most one pack.
-            let bps = u32::try_from(bps.max(1)).unwrap_or(u32::MAX);
-            op = op.layer(opendal::layers::ThrottleLayer::new(bps, bps.max(32 << 20)));
-        }
+        let (op, rename) = build(loc, opts)?;
         Ok(Self {
             name: loc.to_string(),
-            op,
+            op: std::sync::RwLock::new(op),
+            spec: opts.clone(),
             rename,
             retries: opts.retries.unwrap_or(10).max(1),
+            throttle: opts.bandwidth.map(Throttle::new),
         })
+    }
+
+    /// A fresh client: after a server restart, pooled connections may be
+    /// dead, so each retry of a failed call starts from a new one.
+    fn reconnect(&self) {
+        if let Ok((op, _)) = build(&self.name, &self.spec) {
+            *self.op.write().expect("operator") = op;
+        }
+    }
+
+    fn op(&self) -> Operator {
+        self.op.read().expect("operator").clone()
+    }
+
+    fn pace(&self, bytes: usize) {
+        if let Some(t) = &self.throttle {
+            t.pace(bytes);
+        }
     }
 
     fn err(&self, key: &str, e: opendal::Error) -> TierError {
@@ -171,6 +224,7 @@ impl RemoteTier {
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(2));
                     attempt += 1;
+                    self.reconnect();
                 }
                 Err(e) => return Err(self.err(key, e)),
             }
@@ -202,13 +256,17 @@ impl Tier for RemoteTier {
         true
     }
     fn get(&self, key: &str) -> Result<Vec<u8>, TierError> {
-        self.call(key, || async { self.op.read(key).await })
-            .map(|b| b.to_vec())
+        let b = self
+            .call(key, || async { self.op().read(key).await })?
+            .to_vec();
+        self.pace(b.len());
+        Ok(b)
     }
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, TierError> {
         let b = self.call(key, || async {
-            self.op.read_with(key).range(offset..offset + len).await
+            self.op().read_with(key).range(offset..offset + len).await
         })?;
+        self.pace(b.len());
         if (b.len() as u64) < len {
             return Err(TierError::Corrupt {
                 tier: self.name.clone(),
@@ -219,22 +277,23 @@ impl Tier for RemoteTier {
         Ok(b.to_vec())
     }
     fn put(&self, key: &str, data: &[u8]) -> Result<(), TierError> {
+        self.pace(data.len());
         let buf = opendal::Buffer::from(data.to_vec());
         if !self.rename {
             return self
-                .call(key, || async { self.op.write(key, buf.clone()).await })
+                .call(key, || async { self.op().write(key, buf.clone()).await })
                 .map(|_| ());
         }
         let tmp = match key.rsplit_once('/') {
             Some((dir, file)) => format!("{dir}/.tmp-{file}-{}", std::process::id()),
             None => format!(".tmp-{key}-{}", std::process::id()),
         };
-        self.call(key, || async { self.op.write(&tmp, buf.clone()).await })?;
-        self.call(key, || async { self.op.rename(&tmp, key).await })
+        self.call(key, || async { self.op().write(&tmp, buf.clone()).await })?;
+        self.call(key, || async { self.op().rename(&tmp, key).await })
     }
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, TierError> {
         let entries = match self.call(prefix, || async {
-            self.op.list_with(prefix).recursive(true).await
+            self.op().list_with(prefix).recursive(true).await
         }) {
             Ok(e) => e,
             Err(e) if e.is_not_found() => return Ok(Vec::new()),
@@ -263,13 +322,13 @@ impl Tier for RemoteTier {
         Ok(out)
     }
     fn stat(&self, key: &str) -> Result<Option<u64>, TierError> {
-        match self.call(key, || async { self.op.stat(key).await }) {
+        match self.call(key, || async { self.op().stat(key).await }) {
             Ok(m) => Ok(Some(m.content_length())),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
     }
     fn delete(&self, key: &str) -> Result<(), TierError> {
-        self.call(key, || async { self.op.delete(key).await })
+        self.call(key, || async { self.op().delete(key).await })
     }
 }

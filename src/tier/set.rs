@@ -74,7 +74,7 @@ struct MemberState {
 /// Why a write session cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("another installation (on host {host:?}) has written to tier {tier} since this one last did; stopping so the two do not interleave. Reading (revisions, mount, restore) still works. If this machine replaces the other one, run `tiervault takeover`; otherwise let only one installation write")]
+    #[error("another installation (on host {host:?}) has written to tier {tier} since this one last did; stopping so the two do not interleave. Reading (revisions, mount, restore) still works. If this machine replaces the other one, or only lost its cache directory, run `tiervault takeover`; otherwise let only one installation write")]
     AnotherInstallation { tier: String, host: String },
     #[error(transparent)]
     Tier(#[from] TierError),
@@ -151,6 +151,14 @@ impl TierSet {
         self.members.iter().map(|m| m.tier.as_ref())
     }
 
+    /// The tiers that are online now.
+    pub fn online(&self) -> Vec<&dyn Tier> {
+        (0..self.members.len())
+            .filter(|&i| self.state(i).online)
+            .map(|i| self.members[i].tier.as_ref())
+            .collect()
+    }
+
     fn state(&self, i: usize) -> std::sync::MutexGuard<'_, MemberState> {
         self.members[i].st.lock().expect("tier state")
     }
@@ -192,6 +200,13 @@ impl TierSet {
         }
         online.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then(a.2.total_cmp(&b.2)));
         online.into_iter().map(|o| o.3).chain(retry).collect()
+    }
+
+    /// Records the time a small request took on tier `i`.
+    pub fn note_latency(&self, i: usize, took: Duration) {
+        if i < self.members.len() {
+            self.measure(i, 0, took);
+        }
     }
 
     /// Records how long a read of `bytes` took on tier `i`.
@@ -513,8 +528,14 @@ impl TierSet {
             self.write_targets()?;
             states = self.refresh();
         }
+        // Only tiers at the highest revision count: a lagging tier (one
+        // that was offline at a takeover, say) is overwritten by sync.
+        let top = self.max_revision(&states);
         for (i, st) in states.iter().enumerate() {
             let Some(st) = st else { continue };
+            if st.revision < top {
+                continue;
+            }
             let name = self.members[i].tier.name();
             let ours = st.writer == me;
             let moved = local.last_revision(name).is_some_and(|l| st.revision > l);

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod mount;
 pub mod servers;
 pub mod tree;
 
@@ -41,6 +42,7 @@ impl Env {
         c.arg("-r")
             .arg(&self.repo)
             .env("TIERVAULT_CACHE_DIR", &self.cache)
+            .env("TIERVAULT_STATE_DIR", self.dir.path().join("state"))
             .env("TIERVAULT_PASSWORD", PASSWORD);
         c.env_remove("TIERVAULT_PASSWORD_FILE");
         c

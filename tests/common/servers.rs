@@ -179,7 +179,7 @@ impl Sshd {
     /// The tier location for directory `path` on this server.
     pub fn location(&self, path: &Path) -> String {
         format!(
-            "sftp://root@127.0.0.1:{}{}?key={}&known_hosts=accept&retries=3",
+            "sftp://root@127.0.0.1:{}{}?key={}&known_hosts=add&retries=3",
             self.port,
             path.display(),
             self.client_key.display()
@@ -235,6 +235,10 @@ impl S3 {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    pub fn running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn endpoint(&self) -> String {
