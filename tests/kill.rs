@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 /// Bytes in real objects; `.tmp-*` files are writes cut off by a kill,
 /// which tiervault never lists or reads.
 fn stored_bytes(dir: &std::path::Path) -> u64 {
+    // A run killed before its first pack leaves no data directory.
+    if !dir.exists() {
+        return 0;
+    }
     common::files_under(dir)
         .iter()
         .filter(|p| {

@@ -22,7 +22,8 @@ Environment:
   TIERVAULT_PASSWORD_FILE  file whose first line is the repository password
   TIERVAULT_PASSWORD       the repository password
   TIERVAULT_CACHE_DIR      where local caches live (default: $XDG_CACHE_HOME/tiervault or ~/.cache/tiervault)
-  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL
+  TIERVAULT_STATE_DIR      this installation's id and tier revisions (default: $XDG_STATE_HOME/tiervault or ~/.local/state/tiervault)
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL
                            S3 tiers' credentials, region and endpoint when the config file does not give them";
 
 #[derive(Parser, Debug)]

@@ -74,7 +74,7 @@ struct MemberState {
 /// Why a write session cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("another installation (on host {host:?}) has written to tier {tier} since this one last did; stopping so the two do not interleave. Reading (revisions, mount, restore) still works. If this machine replaces the other one, or only lost its cache directory, run `tiervault takeover`; otherwise let only one installation write")]
+    #[error("another installation (on host {host:?}) has written to tier {tier} since this one last did; stopping so the two do not interleave. Reading (revisions, mount, restore) still works. If this machine replaces the other one, or lost its state directory (TIERVAULT_STATE_DIR), run `tiervault takeover`; otherwise let only one installation write")]
     AnotherInstallation { tier: String, host: String },
     #[error(transparent)]
     Tier(#[from] TierError),
@@ -537,9 +537,10 @@ impl TierSet {
                 continue;
             }
             let name = self.members[i].tier.name();
-            let ours = st.writer == me;
-            let moved = local.last_revision(name).is_some_and(|l| st.revision > l);
-            if !takeover && (!ours || moved) {
+            // The writer's id decides: a revision raised by this
+            // installation's own sync (from another process, even with
+            // another state dir) is not a stranger's write.
+            if !takeover && st.writer != me {
                 return Err(WriteError::AnotherInstallation {
                     tier: name.to_string(),
                     host: st.host.clone(),
