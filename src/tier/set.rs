@@ -282,10 +282,14 @@ impl TierSet {
         let started = Instant::now();
         let mut said = false;
         loop {
+            // When every tier has missed some write (each went away at a
+            // different moment), none is complete: all that are online take
+            // the writes, and `sync` later fills each from the others.
+            let none_synced = (0..self.members.len()).all(|i| !self.state(i).synced);
             let targets: Vec<usize> = (0..self.members.len())
                 .filter(|&i| {
                     let s = self.state(i);
-                    s.online && s.synced
+                    s.online && (s.synced || none_synced)
                 })
                 .collect();
             if !targets.is_empty() {
@@ -317,7 +321,7 @@ impl TierSet {
             }
             std::thread::sleep(Duration::from_secs(2));
             for i in 0..self.members.len() {
-                if !self.state(i).synced {
+                if !self.state(i).synced && !none_synced {
                     continue;
                 }
                 if self.members[i]
@@ -581,11 +585,13 @@ impl TierSet {
         }
     }
 
-    /// Brings every online, unsynchronised tier up to date from the
-    /// fastest synchronised one: copies the objects it lacks, then gives it
-    /// the source's revision. Stops early (returning `Ok(false)`) when
-    /// `abort` says so or a write starts in this process; run it again to
-    /// resume. Returns the number of objects copied.
+    /// Brings every online tier up to date: each gets the objects that any
+    /// other online tier holds and it lacks (objects never change once
+    /// written, so the union is always right, whichever tiers missed which
+    /// writes), data first and revisions last; then the tiers that were
+    /// behind get the highest revision. Stops early (returning `Ok(false)`)
+    /// when `abort` says so or a write starts in this process; run it again
+    /// to resume. Returns the number of objects copied.
     pub fn sync(
         &self,
         local: &dyn LocalState,
@@ -594,61 +600,86 @@ impl TierSet {
     ) -> Result<(bool, u64), TierError> {
         self.writing.store(false, Ordering::SeqCst);
         let states = self.refresh();
-        let order = self.read_order();
-        let Some(&src) = order.iter().find(|&&i| {
-            let s = self.state(i);
-            s.online && s.synced
-        }) else {
+        let online: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.state(i).online)
+            .collect();
+        let top = (0..self.members.len())
+            .filter(|&i| self.state(i).online)
+            .max_by_key(|&i| states[i].as_ref().map_or(0, |t| t.revision))
+            .and_then(|i| states[i].clone());
+        let Some(top) = top else {
             return Err(TierError::Offline {
                 tier: self.label.clone(),
-                reason: "no synchronised tier is online to copy from".into(),
+                reason: "no tier is online to copy from".into(),
             });
         };
-        let src_state = states[src].clone().unwrap_or_default();
+        // What each online tier holds.
+        let mut held: Vec<std::collections::HashMap<String, u64>> = Vec::new();
+        for &i in &online {
+            let t = self.members[i].tier.as_ref();
+            progress(t.name(), "listing");
+            held.push(t.list("")?.into_iter().map(|o| (o.key, o.size)).collect());
+        }
         let mut copied = 0;
-        for dst in 0..self.members.len() {
-            let (online, synced) = {
-                let s = self.state(dst);
-                (s.online, s.synced)
-            };
-            if !online || synced {
+        for (n, &dst) in online.iter().enumerate() {
+            let d = self.members[dst].tier.as_ref();
+            // Each object it lacks, with a tier that holds it.
+            let mut want: Vec<(String, usize)> = Vec::new();
+            for (m, h) in held.iter().enumerate() {
+                for (key, size) in h {
+                    if m != n
+                        && key != TIERSTATE
+                        && held[n].get(key) != Some(size)
+                        && !want.iter().any(|(k, _)| k == key)
+                    {
+                        want.push((key.clone(), online[m]));
+                    }
+                }
+            }
+            if want.is_empty() {
                 continue;
             }
-            let (s, d) = (
-                self.members[src].tier.as_ref(),
-                self.members[dst].tier.as_ref(),
-            );
-            progress(d.name(), "listing");
-            let have: std::collections::HashMap<String, u64> =
-                d.list("")?.into_iter().map(|o| (o.key, o.size)).collect();
-            let mut want: Vec<ObjectInfo> = s
-                .list("")?
-                .into_iter()
-                .filter(|o| o.key != TIERSTATE && have.get(&o.key) != Some(&o.size))
-                .collect();
-            // Data first, revisions last: a revision never names what the
-            // tier does not hold yet.
-            want.sort_by_key(|o| (!o.key.starts_with("data/"), o.key.starts_with("revisions/")));
+            want.sort_by_key(|(k, _)| {
+                (
+                    !k.starts_with("data/"),
+                    k.starts_with("revisions/"),
+                    k.clone(),
+                )
+            });
             progress(d.name(), &format!("copying {} objects", want.len()));
-            for o in want {
+            for (key, from) in want {
                 if abort() || self.writing.load(Ordering::SeqCst) {
                     return Ok((false, copied));
                 }
-                let b = s.get(&o.key)?;
-                d.put(&o.key, &b)?;
+                let b = self.members[from].tier.get(&key)?;
+                d.put(&key, &b)?;
                 copied += 1;
             }
-            // Up to date: the source's revision, unless a write raised it
-            // meanwhile (then the next sync finishes the job).
-            if self.read_state(src)? != Some(src_state.clone()) {
+        }
+        // Complete now: the tiers that were behind take the highest
+        // revision, unless a write raised it meanwhile (the next sync
+        // finishes then).
+        for &i in &online {
+            if states[i].as_ref() == Some(&top) {
+                continue;
+            }
+            let src = online
+                .iter()
+                .copied()
+                .find(|&j| states[j].as_ref() == Some(&top))
+                .expect("the top state comes from an online tier");
+            if self.read_state(src)? != Some(top.clone()) {
                 return Ok((false, copied));
             }
-            self.write_state(dst, &src_state)?;
-            local.set_last_revision(d.name(), src_state.revision);
-            let mut st = self.state(dst);
+            let t = self.members[i].tier.as_ref();
+            self.write_state(i, &top)?;
+            local.set_last_revision(t.name(), top.revision);
+            progress(t.name(), "synchronised");
+        }
+        for &i in &online {
+            let mut st = self.state(i);
             st.synced = true;
-            st.revision = Some(src_state.revision);
-            progress(d.name(), "synchronised");
+            st.revision = Some(top.revision);
         }
         Ok((true, copied))
     }
