@@ -9,13 +9,7 @@
 # process's peak RSS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tiervault-target}"
-cargo build --release --locked -q
-TV="$CARGO_TARGET_DIR/release/tiervault"
-B="${BENCH_DIR:-/var/tmp/tiervault-bench}"
-SCALE="${BENCH_SCALE:-1}"
-DATA="$B/data-v2-$SCALE"
+. scripts/bench-lib.sh
 W="$B/work"
 for r in tv restic borg; do
   [ -d "$W/$r" ] || { echo "no $W/$r: run scripts/bench.sh first" >&2; exit 1; }

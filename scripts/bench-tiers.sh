@@ -12,20 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh >&2
-export PATH="$HOME/.cargo/bin:$PATH"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tiervault-target}"
-cargo build --release --locked -q
-TV="$CARGO_TARGET_DIR/release/tiervault"
+. scripts/bench-lib.sh
+bench_data
 TOOLS="${TIERVAULT_TOOLS:-$HOME/.cache/tiervault-tools}"
-
-B="${BENCH_DIR:-/var/tmp/tiervault-bench}"
-SCALE="${BENCH_SCALE:-1}"
-DATA="$B/data-v2-$SCALE"
-if [ ! -f "$DATA/.complete" ]; then
-  rm -rf "$DATA"; mkdir -p "$B"
-  python3 scripts/gen-bench-data.py "$DATA" "$SCALE"
-  touch "$DATA/.complete"
-fi
 W="$B/tiers"
 rm -rf "$W"; mkdir -p "$W/s3/bucket" /run/sshd
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }

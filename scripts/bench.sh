@@ -15,21 +15,8 @@ bash scripts/install-deps.sh
 for p in restic borgbackup time; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || { apt-get update -qq; apt-get install -y -qq "$p" >/dev/null; }
 done
-export PATH="$HOME/.cargo/bin:$PATH"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tiervault-target}"
-cargo build --release --locked -q
-TV="$CARGO_TARGET_DIR/release/tiervault"
-
-B="${BENCH_DIR:-/var/tmp/tiervault-bench}"
-SCALE="${BENCH_SCALE:-1}"
-DATA="$B/data-v2-$SCALE"
-mkdir -p "$B"
-if [ ! -f "$DATA/.complete" ]; then
-  rm -rf "$DATA"
-  echo "generating the data set in $DATA (scale $SCALE)" >&2
-  python3 scripts/gen-bench-data.py "$DATA" "$SCALE"
-  touch "$DATA/.complete"
-fi
+. scripts/bench-lib.sh
+bench_data
 W="$B/work"
 rm -rf "$W"
 mkdir -p "$W"

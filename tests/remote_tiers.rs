@@ -44,15 +44,27 @@ impl Tv {
         self.cmd().args(args).output().unwrap()
     }
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "tiervault {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        common::assert_ok(&self.run(args), &format!("tiervault {args:?}"))
+    }
+    /// Starts `backup SRC` and returns once a pack reached `tier_dir`.
+    fn backup_until_pack(&self, src: &Path, tier_dir: &Path) -> std::process::Child {
+        let child = self
+            .cmd()
+            .args(["backup", s(src)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !has_pack(tier_dir) {
+            assert!(
+                Instant::now() < deadline,
+                "no pack reached {}",
+                tier_dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
     }
     fn init(&self) {
         self.ok(&["init", "--kdf-memory", "1024", "--kdf-iterations", "1"]);
@@ -141,18 +153,7 @@ fn a_tier_that_goes_down_mid_backup_catches_up_with_sync() {
         std::fs::write(src.join(format!("f{i}")), random_bytes(8 << 20, i)).unwrap();
     }
     // Stop sshd once the backup has written a pack to it.
-    let child = tv
-        .cmd()
-        .args(["backup", s(&src)])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !has_pack(&sftp_dir) {
-        assert!(Instant::now() < deadline, "no pack reached the SFTP tier");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = tv.backup_until_pack(&src, &sftp_dir);
     sshd.down();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -199,18 +200,7 @@ fn a_write_waits_while_every_tier_is_down() {
     for i in 0..10 {
         std::fs::write(src.join(format!("f{i}")), random_bytes(6 << 20, 100 + i)).unwrap();
     }
-    let mut child = tv
-        .cmd()
-        .args(["backup", s(&src)])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !has_pack(&s3.dir("vault")) {
-        assert!(Instant::now() < deadline, "no pack reached the S3 tier");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = tv.backup_until_pack(&src, &s3.dir("vault"));
     sshd.down();
     s3.down();
     std::thread::sleep(Duration::from_secs(6));

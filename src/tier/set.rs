@@ -576,15 +576,6 @@ impl TierSet {
         Ok(())
     }
 
-    /// Records the revisions this process left on the tiers.
-    pub fn remember(&self, local: &dyn LocalState) {
-        for (i, m) in self.members.iter().enumerate() {
-            if let Some(r) = self.state(i).revision {
-                local.set_last_revision(m.tier.name(), r);
-            }
-        }
-    }
-
     /// Brings every online tier up to date: each gets the objects that any
     /// other online tier holds and it lacks (objects never change once
     /// written, so the union is always right, whichever tiers missed which
@@ -624,21 +615,20 @@ impl TierSet {
         for (n, &dst) in online.iter().enumerate() {
             let d = self.members[dst].tier.as_ref();
             // Each object it lacks, with a tier that holds it.
-            let mut want: Vec<(String, usize)> = Vec::new();
+            let mut lacking: std::collections::HashMap<&String, usize> =
+                std::collections::HashMap::new();
             for (m, h) in held.iter().enumerate() {
                 for (key, size) in h {
-                    if m != n
-                        && key != TIERSTATE
-                        && held[n].get(key) != Some(size)
-                        && !want.iter().any(|(k, _)| k == key)
-                    {
-                        want.push((key.clone(), online[m]));
+                    if m != n && key != TIERSTATE && held[n].get(key) != Some(size) {
+                        lacking.entry(key).or_insert(online[m]);
                     }
                 }
             }
-            if want.is_empty() {
+            if lacking.is_empty() {
                 continue;
             }
+            let mut want: Vec<(String, usize)> =
+                lacking.into_iter().map(|(k, t)| (k.clone(), t)).collect();
             want.sort_by_key(|(k, _)| {
                 (
                     !k.starts_with("data/"),

@@ -62,15 +62,7 @@ impl Env {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "tiervault failed ({}):\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        assert_ok(&self.run(args), "tiervault")
     }
 
     /// `restore SPEC --target DST`, asserting success.
@@ -100,6 +92,18 @@ impl Env {
     pub fn init(&self) {
         self.ok(["init", "--kdf-memory", "1024", "--kdf-iterations", "1"]);
     }
+}
+
+/// Asserts that a run of `what` exited with 0; returns its stdout.
+pub fn assert_ok(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
 }
 
 /// Where test trees live. Defaults to the system temp dir; sparse and
