@@ -286,6 +286,21 @@ fn recovery_from_one_remote_tier_on_a_new_machine() {
     assert_eq!(revs.as_array().unwrap().len(), 1);
     new.ok(&["check", "--read-data"]);
     new.restores(&src, &env.path("restored"));
+    // The mount shows the same tree, read from the SFTP tier.
+    {
+        let mnt = env.path("mnt");
+        let _m = common::mount::Mount::spawn(new.cmd(), &mnt);
+        let copy = env.path("copied-out");
+        let inside = mnt.join("latest").join(src.strip_prefix("/").unwrap());
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(&inside)
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert_same(&src, &copy, false);
+    }
     new.ok(&["takeover"]);
     std::fs::write(src.join("after"), b"the new machine writes").unwrap();
     new.ok(&["backup", s(&src)]);

@@ -1,9 +1,11 @@
-//! Two local tiers: a damaged copy on one is invisible to restore, `check`
+//! Two local tiers: a damaged copy on one is invisible to the mount and
+//! to restore, `check`
 //! on that tier alone names it, and a tier that holds no repository (an
 //! unmounted share) is left out instead of written into.
 
 mod common;
 
+use common::mount::Mount;
 use common::{files_under, json, Env};
 use std::fs;
 use std::path::Path;
@@ -65,8 +67,24 @@ fn a_damaged_copy_on_one_tier_is_read_from_the_other() {
     bytes[at] ^= 1;
     fs::write(&pack, bytes).unwrap();
 
-    // Tier A is read first (priority 1), so the damage is met.
+    // Tier A is read first (priority 1), so the damage is met: first by
+    // the mount, which reads the right bytes from tier B and logs the bad
+    // copy, then by restore.
     let a_first = std::path::PathBuf::from(format!("file://{}?priority=1", a.display()));
+    let (mnt, log) = (env.path("mnt"), env.path("mount.log"));
+    {
+        let _m = Mount::spawn_logging(tv(&[&a_first, &b], &cache), &mnt, Some(&log));
+        let inside = mnt.join("latest").join(src.strip_prefix("/").unwrap());
+        assert!(
+            fs::read(inside.join("f")).unwrap() == fs::read(src.join("f")).unwrap(),
+            "the mount returned other bytes than the source's"
+        );
+    }
+    let logged = fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("damaged copy") && logged.contains(a.to_str().unwrap()),
+        "the mount did not report the bad copy: {logged}"
+    );
     let dst = env.path("dst");
     let o = ok(tv(&[&a_first, &b], &cache)
         .args(["restore", &format!("latest:{}", src.display()), "--target"])

@@ -28,14 +28,18 @@ impl Mount {
 
     /// Runs `cmd mount DIR` (cmd names the tiers) and waits until the mount
     /// shows `latest`.
-    pub fn spawn(mut cmd: Command, dir: &Path) -> Mount {
+    pub fn spawn(cmd: Command, dir: &Path) -> Mount {
+        Self::spawn_logging(cmd, dir, None)
+    }
+
+    /// As `spawn`, with the mount's stderr written to `log`.
+    pub fn spawn_logging(mut cmd: Command, dir: &Path, log: Option<&Path>) -> Mount {
         fs::create_dir_all(dir).unwrap();
-        let child = cmd
-            .arg("mount")
-            .arg(dir)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let stderr = match log {
+            Some(p) => std::process::Stdio::from(fs::File::create(p).unwrap()),
+            None => std::process::Stdio::null(),
+        };
+        let child = cmd.arg("mount").arg(dir).stderr(stderr).spawn().unwrap();
         let m = Mount {
             child: Some(child),
             dir: dir.to_path_buf(),
