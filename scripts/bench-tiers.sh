@@ -49,42 +49,69 @@ export TIERVAULT_PASSWORD=bench AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=be
 LOCAL="$W/local"
 SFTP="sftp://root@127.0.0.1:$SSH_PORT$W/sftp?key=$TOOLS/client_ed25519&known_hosts=add"
 S3LOC="s3://bucket/vault?endpoint=http://127.0.0.1:$S3_PORT&region=us-east-1"
-declare -A SEC
+# Each step runs BENCH_ROUNDS times (default 3), the steps alternating, and
+# the table gives the median: this machine's timings vary from run to run.
+# Besides the wall time, it gives tiervault's CPU time (user + system)
+# and the whole machine's, servers included.
+ROUNDS="${BENCH_ROUNDS:-3}"
+declare -A SEC CPU BUSY
+cpu_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
 measure() {
   local name=$1; shift
   drop
-  local s; s=$(date +%s.%N)
-  "$@" >/dev/null 2>"$W/$name.err" || { echo "$name failed:" >&2; tail -5 "$W/$name.err" >&2; exit 1; }
-  SEC[$name]=$(python3 -c "print(f'{$(date +%s.%N) - $s:.2f}')")
-  echo "$name: ${SEC[$name]} s" >&2
+  local b0 out; b0=$(cpu_ticks)
+  out=$(python3 - "$@" 2>"$W/$name.err" <<'PY'
+import resource, subprocess, sys, time
+t = time.monotonic()
+r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)
+wall = time.monotonic() - t
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(f"{wall:.2f} {u.ru_utime + u.ru_stime:.2f}")
+sys.exit(r.returncode)
+PY
+  ) || { echo "$name failed:" >&2; tail -5 "$W/$name.err" >&2; exit 1; }
+  SEC[$name]+="${out% *} "; CPU[$name]+="${out#* } "
+  BUSY[$name]+="$(python3 -c "print(($(cpu_ticks) - $b0) / $(getconf CLK_TCK))") "
+  echo "$name: wall ${out% *} s, tiervault CPU ${out#* } s" >&2
 }
+median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}')" $1; }
 
-# Backup: 1 tier, then 3 tiers (separate repositories and caches).
-TIERVAULT_CACHE_DIR="$W/c1" "$TV" -q -r "$LOCAL-1" init
-measure one env TIERVAULT_CACHE_DIR="$W/c1" "$TV" -q -r "$LOCAL-1" backup "$DATA"
-TIERVAULT_CACHE_DIR="$W/c3" "$TV" -q -r "$LOCAL" -r "$SFTP" -r "$S3LOC" init
-measure three env TIERVAULT_CACHE_DIR="$W/c3" "$TV" -q -r "$LOCAL" -r "$SFTP" -r "$S3LOC" backup "$DATA"
+# Backup: 1 tier, then 3 tiers, each into a new repository and cache.
+for _ in $(seq "$ROUNDS"); do
+  rm -rf "$LOCAL-1" "$W/c1" "$LOCAL" "$W/sftp" "$W/s3/bucket/vault" "$W/c3"
+  TIERVAULT_CACHE_DIR="$W/c1" "$TV" -q -r "$LOCAL-1" init
+  measure one env TIERVAULT_CACHE_DIR="$W/c1" "$TV" -q -r "$LOCAL-1" backup "$DATA"
+  TIERVAULT_CACHE_DIR="$W/c3" "$TV" -q -r "$LOCAL" -r "$SFTP" -r "$S3LOC" init
+  measure three env TIERVAULT_CACHE_DIR="$W/c3" "$TV" -q -r "$LOCAL" -r "$SFTP" -r "$S3LOC" backup "$DATA"
+done
 
-# Restore: the slow tier (bandwidth-limited SFTP) listed first.
+# Restore: the slow tier (bandwidth-limited SFTP) listed first, on a new
+# cache each time, so nothing is known about the tiers.
 SLOW="${BENCH_SLOW:-20MiB}"
 SLOWLOC="$SFTP&bandwidth=$SLOW"
-restore() { local name=$1; shift; rm -rf "$W/r"; measure "$name" env TIERVAULT_CACHE_DIR="$W/c-$name" "$TV" -q "$@" restore "latest:$DATA" --target "$W/r"; }
-restore fast -r "$LOCAL"
-restore both -r "$SLOWLOC" -r "$LOCAL"
+restore() { local name=$1; shift; rm -rf "$W/r" "$W/c-$name"; measure "$name" env TIERVAULT_CACHE_DIR="$W/c-$name" "$TV" -q "$@" restore "latest:$DATA" --target "$W/r"; }
+for _ in $(seq "$ROUNDS"); do
+  restore fast -r "$LOCAL"
+  restore both -r "$SLOWLOC" -r "$LOCAL"
+done
 restore slow -r "$SLOWLOC"
 diff -rq "$DATA" "$W/r" >/dev/null || { echo "the restore differs from the source" >&2; exit 1; }
 rm -rf "$W/r"
+for k in "${!SEC[@]}"; do SEC[$k]=$(median "${SEC[$k]}"); CPU[$k]=$(median "${CPU[$k]}"); BUSY[$k]=$(median "${BUSY[$k]}"); done
 
 ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
 cat <<TXT
 
-Tiers on 127.0.0.1 ($(find "$DATA" -type f | wc -l) files, $(du -sh --exclude=.complete "$DATA" | cut -f1)), one run, page cache dropped before each step.
+Tiers on 127.0.0.1 ($(find "$DATA" -type f | wc -l) files, $(du -sh --exclude=.complete "$DATA" | cut -f1)), page cache dropped before each step.
 
-| step | time | ratio |
-|---|---|---|
-| backup to 1 tier (local) | ${SEC[one]} s | 1.00x |
-| backup to 3 tiers (local, SFTP, S3) | ${SEC[three]} s | $(ratio "${SEC[three]}" "${SEC[one]}") (target: at most 1.30x) |
-| restore from the fast tier alone (local) | ${SEC[fast]} s | 1.00x |
-| restore with the slow tier ($SLOW/s SFTP) listed first, and the fast one | ${SEC[both]} s | $(ratio "${SEC[both]}" "${SEC[fast]}") (target: close to 1x) |
-| restore from the slow tier alone | ${SEC[slow]} s | $(ratio "${SEC[slow]}" "${SEC[fast]}") |
+| step | time | ratio | tiervault CPU | machine CPU |
+|---|---|---|---|---|
+| backup to 1 tier (local) | ${SEC[one]} s | 1.00x | ${CPU[one]} s | ${BUSY[one]} s |
+| backup to 3 tiers (local, SFTP, S3) | ${SEC[three]} s | $(ratio "${SEC[three]}" "${SEC[one]}") (target: at most 1.30x) | ${CPU[three]} s ($(ratio "${CPU[three]}" "${CPU[one]}")) | ${BUSY[three]} s |
+| restore from the fast tier alone (local) | ${SEC[fast]} s | 1.00x | ${CPU[fast]} s | ${BUSY[fast]} s |
+| restore with the slow tier ($SLOW/s SFTP) listed first, and the fast one | ${SEC[both]} s | $(ratio "${SEC[both]}" "${SEC[fast]}") (target: close to 1x) | ${CPU[both]} s | ${BUSY[both]} s |
+| restore from the slow tier alone (one run) | ${SEC[slow]} s | $(ratio "${SEC[slow]}" "${SEC[fast]}") | ${CPU[slow]} s | ${BUSY[slow]} s |
+
+Times are medians of $ROUNDS runs. Machine CPU counts both cores, the SFTP
+and S3 servers included; at most twice the wall time here.
 TXT

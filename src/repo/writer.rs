@@ -236,9 +236,10 @@ fn write_loop(sh: &Shared, rx: &Receiver<PackBuilder>) {
             continue; // drain so upstream threads can finish
         }
         let (pack, bytes, entries) = pb.finish(repo.keys());
+        let bytes = bytes::Bytes::from(bytes);
         let res = repo
             .store()
-            .put(&names::pack(&pack), &bytes)
+            .put_shared(&names::pack(&pack), &bytes)
             .map_err(RepoError::from)
             .and_then(|()| {
                 repo.index()

@@ -188,6 +188,11 @@ pub trait Tier: Send + Sync {
     /// Stores `data` atomically: readers see the old object or the whole new
     /// one, never a part, even if the process dies mid-write.
     fn put(&self, key: &str, data: &[u8]) -> Result<(), TierError>;
+    /// As `put`, for a buffer that several tiers store at once: a tier that
+    /// needs to own its data shares this buffer instead of copying it.
+    fn put_shared(&self, key: &str, data: &bytes::Bytes) -> Result<(), TierError> {
+        self.put(key, data)
+    }
     /// All objects whose names start with `prefix` (a directory such as
     /// `data/`), in no particular order.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, TierError>;

@@ -277,8 +277,11 @@ impl Tier for RemoteTier {
         Ok(b.to_vec())
     }
     fn put(&self, key: &str, data: &[u8]) -> Result<(), TierError> {
+        self.put_shared(key, &bytes::Bytes::copy_from_slice(data))
+    }
+    fn put_shared(&self, key: &str, data: &bytes::Bytes) -> Result<(), TierError> {
         self.pace(data.len());
-        let buf = opendal::Buffer::from(data.to_vec());
+        let buf = opendal::Buffer::from(data.clone());
         if !self.rename {
             return self
                 .call(key, || async { self.op().write(key, buf.clone()).await })

@@ -338,15 +338,31 @@ impl TierSet {
     fn write(
         &self,
         key: &str,
-        op: impl Fn(&dyn Tier) -> Result<(), TierError>,
+        op: impl Fn(&dyn Tier) -> Result<(), TierError> + Sync,
     ) -> Result<(), TierError> {
         self.writing.store(true, Ordering::SeqCst);
         loop {
             let targets = self.write_targets()?;
+            // The tiers are written at once, so a write costs the slowest
+            // tier's time rather than the sum of them.
+            let results: Vec<(usize, Result<(), TierError>)> = match targets.as_slice() {
+                [only] => vec![(*only, op(self.members[*only].tier.as_ref()))],
+                [first, rest @ ..] => std::thread::scope(|sc| {
+                    let op = &op;
+                    let others: Vec<_> = rest
+                        .iter()
+                        .map(|&i| sc.spawn(move || (i, op(self.members[i].tier.as_ref()))))
+                        .collect();
+                    let mut v = vec![(*first, op(self.members[*first].tier.as_ref()))];
+                    v.extend(others.into_iter().map(|h| h.join().expect("tier writer")));
+                    v
+                }),
+                [] => Vec::new(),
+            };
             let mut ok = false;
             let mut errors = Vec::new();
-            for &i in &targets {
-                match op(self.members[i].tier.as_ref()) {
+            for (i, r) in results {
+                match r {
                     Ok(()) => ok = true,
                     Err(e) => errors.push((i, e)),
                 }
@@ -776,6 +792,9 @@ impl Tier for TierSet {
     }
     fn put(&self, key: &str, data: &[u8]) -> Result<(), TierError> {
         self.write(key, |t| t.put(key, data))
+    }
+    fn put_shared(&self, key: &str, data: &bytes::Bytes) -> Result<(), TierError> {
+        self.write(key, |t| t.put_shared(key, data))
     }
     /// The union of every online tier's listing, so an object that only
     /// some tiers hold (after a failed write) is still found.
