@@ -293,3 +293,57 @@ proptest! {
         })?;
     }
 }
+
+#[test]
+fn reads_without_an_open_use_the_inode() {
+    let fx = fixture();
+    // The kernel sends no OPEN when the mount declines them; reads then
+    // carry the inode's shared handle.
+    let fh = FsCore::shared_handle(fx.ino);
+    assert!(fx.core.read(fh, 0, 16 << 20).unwrap() == fx.model);
+    assert_eq!(
+        fx.core.read(fh, 4 << 20, 10).unwrap(),
+        fx.model[4 << 20..(4 << 20) + 10]
+    );
+    let opened = fx.core.open(fx.ino).unwrap();
+    for whence in [libc::SEEK_DATA, libc::SEEK_HOLE] {
+        assert_eq!(
+            fx.core.seek(fh, 1 << 20, whence).ok(),
+            fx.core.seek(opened, 1 << 20, whence).ok()
+        );
+    }
+    // A directory has no data to read.
+    let err = fx
+        .core
+        .read(FsCore::shared_handle(fx.parent), 0, 10)
+        .unwrap_err();
+    assert_eq!(err.errno(), libc::EISDIR);
+}
+
+#[test]
+fn listing_a_directory_decodes_its_subdirectories_ahead() {
+    let fx = fixture();
+    let top = fx.dir.path().to_path_buf();
+    // Lists the temporary dir (it holds `src`, and nothing else was backed
+    // up); returns the core.
+    let listed = |name: &str, threads: usize| {
+        let opts = CoreOptions {
+            prefetch_threads: threads,
+            ..options(1 << 20)
+        };
+        let core = FsCore::new(reopen(&fx, name), opts);
+        let ino = walk(&core, &top);
+        core.list(ino).unwrap();
+        core
+    };
+    let without = listed("no-prefetch", 0).trees_cached();
+    let core = listed("prefetch", 4);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while core.trees_cached() <= without && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let with = core.trees_cached();
+    // One more: `src`, which nothing looked up.
+    assert_eq!(with, without + 1, "with prefetch {with}, without {without}");
+}

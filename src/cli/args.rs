@@ -261,6 +261,9 @@ pub struct MountArgs {
     /// How far ahead of a sequential reader to fetch, in MiB (0: off)
     #[arg(long, default_value_t = 8, value_name = "MIB")]
     pub read_ahead: u64,
+    /// Threads that read the subdirectories of a listed directory ahead of a walker such as `ls -lR` (0: off)
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub prefetch_threads: usize,
     /// Disk space under the cache dir for data fetched from remote tiers, in MiB (0: off)
     #[arg(long, default_value_t = 2048, value_name = "MIB")]
     pub disk_cache: u64,

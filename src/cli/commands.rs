@@ -242,6 +242,7 @@ pub fn mount(s: &Settings, a: &MountArgs) -> anyhow::Result<i32> {
             tree_cache: a.tree_cache << 20,
             read_ahead: a.read_ahead << 20,
             read_ahead_threads: 2,
+            prefetch_threads: a.prefetch_threads,
             disk_cache,
             ..Default::default()
         },

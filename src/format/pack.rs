@@ -26,6 +26,18 @@ thread_local! {
     /// compressing a small blob.
     static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
     static PROBE: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
+    /// Likewise for reading: a mount or restore opens many small blobs.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+fn decompress(body: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        d.as_mut().expect("made above").decompress(body, raw_len)
+    })
 }
 
 fn with_compressor<T>(
@@ -86,7 +98,7 @@ pub fn seal_blob(keys: &Keys, kind: BlobType, id: &BlobId, plain: &[u8]) -> (Vec
 pub fn open_blob(keys: &Keys, e: &BlobEntry, stored: &[u8]) -> Result<Vec<u8>, FormatError> {
     let body = keys.open(stored, &blob_aad(e.kind, &e.id))?;
     let plain = if e.compressed {
-        zstd::bulk::decompress(&body, e.raw_len as usize)
+        decompress(&body, e.raw_len as usize)
             .map_err(|err| FormatError::Decompress(err.to_string()))?
     } else {
         body

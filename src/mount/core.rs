@@ -35,17 +35,23 @@ use crate::repo::{RepoError, Repository};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub const ROOT: u64 = 1;
 const REVISIONS: u64 = 2;
-const LATEST: u64 = 3;
+pub const LATEST: u64 = 3;
 const BY_HOST: u64 = 4;
 const BY_TAG: u64 = 5;
 const HISTORY: u64 = 6;
 const REFRESH: Duration = Duration::from_secs(2);
 /// Inode numbers below this are the fixed entries; they are never dropped.
 const FIRST_DYNAMIC: u64 = 16;
+/// Marks a handle as the shared one of an inode (`shared_handle`); handles
+/// from `open` count up from 1 and never reach it.
+const SHARED: u64 = 1 << 63;
+/// Memory (estimated) for the chunk lists of files read without an open.
+const SHARED_FILES: usize = 4 << 20;
 
 /// Every failure maps to one errno, by name (see `errno`).
 #[derive(Debug, thiserror::Error)]
@@ -292,6 +298,68 @@ impl Chunks {
     }
 }
 
+impl Drop for FsCore {
+    fn drop(&mut self) {
+        self.ahead_tx = None;
+        self.prefetch_tx = None;
+        for t in self.helpers.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Decoded directories by tree id, in an LRU with a weight limit.
+struct Trees {
+    repo: Arc<Repository>,
+    lru: Mutex<Lru<BlobId, Arc<Vec<Node>>>>,
+}
+
+impl Trees {
+    fn contains(&self, id: &BlobId) -> bool {
+        self.lru.lock().expect("trees").contains(id)
+    }
+
+    fn get(&self, id: &BlobId) -> FsResult<Arc<Vec<Node>>> {
+        if let Some(t) = self.lru.lock().expect("trees").get(id) {
+            return Ok(t);
+        }
+        let nodes = Arc::new(self.repo.load_tree(id)?);
+        let w = tree_weight(&nodes);
+        self.lru.lock().expect("trees").put(*id, nodes.clone(), w);
+        Ok(nodes)
+    }
+}
+
+/// Starts `n` threads named `name-<i>` that run `job` on each item sent to
+/// the returned queue (of at most `bound` waiting items); they end when the
+/// queue is dropped. None if `n` is 0 or no thread could start.
+pub(crate) fn workers<T: Send + 'static>(
+    name: &str,
+    n: usize,
+    bound: usize,
+    job: impl Fn(T) + Send + Sync + 'static,
+) -> Option<(crossbeam_channel::Sender<T>, Vec<JoinHandle<()>>)> {
+    let (tx, rx) = if bound == usize::MAX {
+        crossbeam_channel::unbounded()
+    } else {
+        crossbeam_channel::bounded(bound)
+    };
+    let job = Arc::new(job);
+    let mut started = Vec::new();
+    for i in 0..n {
+        let (rx, job) = (rx.clone(), job.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("{name}-{i}"))
+            .spawn(move || {
+                for item in rx {
+                    job(item);
+                }
+            });
+        started.extend(spawned);
+    }
+    (!started.is_empty()).then_some((tx, started))
+}
+
 /// Limits of the mount's caches.
 pub struct CoreOptions {
     /// Bytes of decoded chunks kept in memory.
@@ -302,6 +370,10 @@ pub struct CoreOptions {
     pub read_ahead: u64,
     /// Threads that fetch read-ahead chunks.
     pub read_ahead_threads: usize,
+    /// Threads that decode the subdirectories of a listed directory ahead
+    /// of a walker such as `ls -lR` or `find`, so cold storage reads
+    /// overlap instead of queueing one by one.
+    pub prefetch_threads: usize,
     /// The on-disk cache of fetched blobs, for remote tiers.
     pub disk_cache: Option<DiskCache>,
     /// Decoded inodes the kernel holds no reference to, kept for reuse.
@@ -315,6 +387,7 @@ impl Default for CoreOptions {
             tree_cache: 8 << 20,
             read_ahead: 8 << 20,
             read_ahead_threads: 2,
+            prefetch_threads: 4,
             disk_cache: None,
             idle_inodes: 16384,
         }
@@ -365,12 +438,18 @@ pub struct FsCore {
     table: Mutex<Table>,
     revs: Mutex<Revs>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// Files read without an open, by inode (see `shared_handle`).
+    shared: Mutex<Lru<u64, Arc<OpenFile>>>,
     dirs: Mutex<HashMap<u64, DirEntries>>,
     next_fh: AtomicU64,
     chunks: Arc<Chunks>,
-    trees: Mutex<Lru<BlobId, Arc<Vec<Node>>>>,
+    trees: Arc<Trees>,
     read_ahead: u64,
-    ahead_tx: Option<crossbeam_channel::Sender<(Arc<Chunks>, BlobId)>>,
+    ahead_tx: Option<crossbeam_channel::Sender<BlobId>>,
+    prefetch_tx: Option<crossbeam_channel::Sender<BlobId>>,
+    /// The read-ahead and prefetch threads; they hold the repository, so
+    /// dropping the core ends and joins them.
+    helpers: Vec<JoinHandle<()>>,
     uid: u32,
     gid: u32,
     started: Timestamp,
@@ -423,33 +502,51 @@ impl FsCore {
             t.names.insert(ino, (ROOT, name.clone()));
             t.by_name.entry(ROOT).or_default().insert(name, ino);
         }
-        let ahead_tx = (opts.read_ahead > 0 && opts.read_ahead_threads > 0).then(|| {
-            let (tx, rx) = crossbeam_channel::unbounded::<(Arc<Chunks>, BlobId)>();
-            for i in 0..opts.read_ahead_threads {
-                let rx = rx.clone();
-                let spawned = std::thread::Builder::new()
-                    .name(format!("read-ahead-{i}"))
-                    .spawn(move || {
-                        for (chunks, id) in rx {
-                            // A failure is reported to the reader that needs it.
+        let chunks = Arc::new(Chunks {
+            repo: repo.clone(),
+            disk: opts.disk_cache,
+            lru: Mutex::new(Lru::new(opts.chunk_cache)),
+            inflight: Mutex::new(HashMap::new()),
+        });
+        let trees = Arc::new(Trees {
+            repo: repo.clone(),
+            lru: Mutex::new(Lru::new(opts.tree_cache)),
+        });
+        // A failure in either is reported to the reader that needs the data.
+        let mut helpers = Vec::new();
+        let mut keep = |w: Option<(crossbeam_channel::Sender<BlobId>, Vec<JoinHandle<()>>)>| {
+            w.map(|(tx, threads)| {
+                helpers.extend(threads);
+                tx
+            })
+        };
+        let ahead_tx = keep(
+            (opts.read_ahead > 0)
+                .then(|| {
+                    let chunks = chunks.clone();
+                    workers(
+                        "read-ahead",
+                        opts.read_ahead_threads,
+                        usize::MAX,
+                        move |id| {
                             let _ = chunks.get(&id);
-                        }
-                    });
-                if spawned.is_err() {
-                    break;
+                        },
+                    )
+                })
+                .flatten(),
+        );
+        let prefetch_tx = keep({
+            let trees = trees.clone();
+            workers("tree-prefetch", opts.prefetch_threads, 1024, move |id| {
+                if !trees.contains(&id) {
+                    let _ = trees.get(&id);
                 }
-            }
-            tx
+            })
         });
         // SAFETY: getuid/getgid have no preconditions.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Self {
-            chunks: Arc::new(Chunks {
-                repo: repo.clone(),
-                disk: opts.disk_cache,
-                lru: Mutex::new(Lru::new(opts.chunk_cache)),
-                inflight: Mutex::new(HashMap::new()),
-            }),
+            chunks,
             repo,
             table: Mutex::new(t),
             revs: Mutex::new(Revs {
@@ -457,11 +554,14 @@ impl FsCore {
                 list: Vec::new(),
             }),
             files: Mutex::new(HashMap::new()),
+            shared: Mutex::new(Lru::new(SHARED_FILES)),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            trees: Mutex::new(Lru::new(opts.tree_cache)),
+            trees,
             read_ahead: opts.read_ahead,
             ahead_tx,
+            prefetch_tx,
+            helpers,
             uid,
             gid,
             started: crate::repo::now(),
@@ -545,6 +645,11 @@ impl FsCore {
         }
     }
 
+    /// Decoded directories in the tree cache.
+    pub fn trees_cached(&self) -> usize {
+        self.trees.lru.lock().expect("trees").len()
+    }
+
     /// Bytes of decoded chunks held in memory.
     pub fn chunk_bytes(&self) -> usize {
         self.chunks.lru.lock().expect("chunks").weight()
@@ -558,13 +663,23 @@ impl FsCore {
 
     /// A directory's nodes, through the tree LRU.
     fn tree(&self, id: &BlobId) -> FsResult<Arc<Vec<Node>>> {
-        if let Some(t) = self.trees.lock().expect("trees").get(id) {
-            return Ok(t);
+        self.trees.get(id)
+    }
+
+    /// Queues the subdirectories of a directory being listed for decoding,
+    /// one level down: a walker descends into them next. When the queue is
+    /// full, the rest are left to be read on demand.
+    fn prefetch_subdirs(&self, nodes: &[Node]) {
+        let Some(tx) = &self.prefetch_tx else {
+            return;
+        };
+        for n in nodes {
+            if let Body::Dir(t) = &n.body {
+                if !self.trees.contains(t) && tx.try_send(*t).is_err() {
+                    return;
+                }
+            }
         }
-        let nodes = Arc::new(self.repo.load_tree(id)?);
-        let w = tree_weight(&nodes);
-        self.trees.lock().expect("trees").put(*id, nodes.clone(), w);
-        Ok(nodes)
     }
 
     /// The path of `ino` inside the mount, for messages.
@@ -815,6 +930,7 @@ impl FsCore {
                     return Err(FsError::NotDir);
                 };
                 let nodes = self.tree(&tree)?;
+                self.prefetch_subdirs(&nodes);
                 Ok(nodes
                     .iter()
                     .enumerate()
@@ -917,7 +1033,8 @@ impl FsCore {
         })
     }
 
-    fn latest_target(&self) -> FsResult<Vec<u8>> {
+    /// What `latest` points to: the newest revision.
+    pub fn latest_target(&self) -> FsResult<Vec<u8>> {
         let revs = self.revisions()?;
         let r = revs.last().ok_or(FsError::NotFound)?;
         Ok(format!("revisions/{}", r.name).into_bytes())
@@ -966,6 +1083,21 @@ impl FsCore {
 
     /// Opens a regular file; returns a handle for `read` and `seek`.
     pub fn open(&self, ino: u64) -> FsResult<u64> {
+        let f = self.open_file(ino)?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.files.lock().expect("files").insert(fh, Arc::new(f));
+        Ok(fh)
+    }
+
+    /// The handle for reading `ino` without an open: the kernel sends no
+    /// OPEN or RELEASE when the file system declines opens
+    /// (FUSE_NO_OPEN_SUPPORT), which spares two round trips per small file.
+    /// Such files are kept in an LRU, and opened again when evicted.
+    pub fn shared_handle(ino: u64) -> u64 {
+        ino | SHARED
+    }
+
+    fn open_file(&self, ino: u64) -> FsResult<OpenFile> {
         let inode = self.inode(ino)?;
         let What::Node { node, .. } = &inode.what else {
             return Err(FsError::IsDir);
@@ -983,17 +1115,14 @@ impl FsCore {
             starts.push(pos);
             pos += s.len();
         }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let f = OpenFile {
+        Ok(OpenFile {
             ino,
             segments: segments.clone(),
             starts,
             size: node.meta.size,
             last_end: AtomicU64::new(0),
             ahead: AtomicUsize::new(0),
-        };
-        self.files.lock().expect("files").insert(fh, Arc::new(f));
-        Ok(fh)
+        })
     }
 
     pub fn release(&self, fh: u64) {
@@ -1001,6 +1130,16 @@ impl FsCore {
     }
 
     fn file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
+        if fh & SHARED != 0 {
+            let ino = fh & !SHARED;
+            if let Some(f) = self.shared.lock().expect("shared").get(&ino) {
+                return Ok(f);
+            }
+            let f = Arc::new(self.open_file(ino)?);
+            let w = 128 + f.segments.len() * (std::mem::size_of::<Segment>() + 8);
+            self.shared.lock().expect("shared").put(ino, f.clone(), w);
+            return Ok(f);
+        }
         self.files
             .lock()
             .expect("files")
@@ -1086,7 +1225,7 @@ impl FsCore {
         while i < f.segments.len() && f.starts[i] < until {
             if let Segment::Data { id, .. } = &f.segments[i] {
                 if !self.chunks.lru.lock().expect("chunks").contains(id) {
-                    let _ = tx.send((self.chunks.clone(), *id));
+                    let _ = tx.send(*id);
                 }
             }
             i += 1;

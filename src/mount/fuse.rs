@@ -6,7 +6,7 @@
 //! reply when done; the kernel-facing threads answer everything else from
 //! memory and are never blocked by a slow tier.
 
-use super::core::{Attr, FsCore, FsError};
+use super::core::{Attr, FsCore, FsError, LATEST};
 use crate::format::tree::{NodeKind, Timestamp};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -27,27 +27,26 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct FuseFs {
     core: Arc<FsCore>,
     jobs: crossbeam_channel::Sender<Job>,
+    /// The kernel opens files without asking (FUSE_NO_OPEN_SUPPORT).
+    no_open: bool,
 }
 
 impl FuseFs {
     /// The adapter over `core`, with `workers` threads for requests that
     /// may wait on storage.
     pub fn new(core: Arc<FsCore>, workers: usize) -> Self {
-        let (jobs, rx) = crossbeam_channel::unbounded::<Job>();
-        for i in 0..workers {
-            let rx = rx.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("mount-worker-{i}"))
-                .spawn(move || {
-                    for job in rx {
-                        job();
-                    }
-                });
-            if let Err(e) = spawned {
-                eprintln!("tiervault mount: cannot start a worker thread: {e}");
-            }
+        // Not joined: the process ends without waiting for a slow tier.
+        let jobs = super::core::workers("mount-worker", workers, usize::MAX, |job: Job| job())
+            .map(|(tx, _)| tx)
+            .unwrap_or_else(|| {
+                eprintln!("tiervault mount: cannot start worker threads; answering on the kernel-facing ones");
+                crossbeam_channel::unbounded().0
+            });
+        Self {
+            core,
+            jobs,
+            no_open: false,
         }
-        Self { core, jobs }
     }
 
     /// Runs `job` on a worker with the core; if the pool is gone (the mount
@@ -119,6 +118,16 @@ fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// A read's handle: the inode's shared one when the kernel opened the file
+/// without asking (handle 0).
+fn handle(ino: INodeNo, fh: FileHandle) -> FileHandle {
+    if fh.0 == 0 {
+        FileHandle(FsCore::shared_handle(ino.0))
+    } else {
+        fh
+    }
+}
+
 /// Directories whose entries never change may be cached by the kernel.
 fn dir_flags(ino: u64) -> FopenFlags {
     if ino < 16 {
@@ -130,15 +139,24 @@ fn dir_flags(ino: u64) -> FopenFlags {
 
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Each is optional: an older kernel without one still works. (Not
-        // FUSE_CACHE_SYMLINKS: `latest` must move when a revision arrives.)
+        // Each is optional: an older kernel without one still works.
+        // READDIRPLUS always (not AUTO, which lists a directory past its
+        // first page without attributes, so each entry costs a lookup).
+        // Cached symlinks spare a request per path walk through `latest`;
+        // the mount drops the cached target when `latest` moves.
         for cap in [
             InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
         ] {
             let _ = config.add_capabilities(cap);
         }
+        // Files never change and need no per-open state, so opens are
+        // declined (ENOSYS) and the kernel stops sending OPEN and RELEASE;
+        // it then keeps file pages cached across opens.
+        self.no_open = config
+            .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
+            .is_ok();
         if let Err(max) = config.set_max_readahead(4 << 20) {
             let _ = config.set_max_readahead(max);
         }
@@ -169,13 +187,22 @@ impl Filesystem for FuseFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.core.readlink(ino.0) {
+        let answer = move |core: &FsCore| match core.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(&e)),
+        };
+        // `latest` may refresh the revision list from storage.
+        if ino.0 == LATEST {
+            self.spawn(answer);
+        } else {
+            answer(&self.core);
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_open {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.core.open(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e)),
@@ -185,7 +212,7 @@ impl Filesystem for FuseFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -193,6 +220,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let fh = handle(ino, fh);
         if let Some(d) = self.core.read_cached(fh.0, offset, size as usize) {
             return reply.data(&d);
         }
@@ -336,12 +364,13 @@ impl Filesystem for FuseFs {
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let fh = handle(ino, fh);
         let Ok(off) = u64::try_from(offset) else {
             return reply.error(Errno::from_i32(libc::EINVAL));
         };

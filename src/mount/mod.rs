@@ -72,11 +72,30 @@ pub fn run(
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    let session = fuser::spawn_mount(fuse::FuseFs::new(core, opts.threads.max(1)), dir, &cfg)
-        .map_err(|e| format!("cannot mount on {}: {e}", dir.display()))?;
+    let session = fuser::spawn_mount(
+        fuse::FuseFs::new(core.clone(), opts.threads.max(1)),
+        dir,
+        &cfg,
+    )
+    .map_err(|e| format!("cannot mount on {}: {e}", dir.display()))?;
     ready();
+    let notifier = session.notifier();
+    let mut latest = LatestWatch::default();
+    let mut ticks = 0u32;
     while !STOP.load(Ordering::SeqCst) && !session.guard.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
+        ticks += 1;
+        if ticks % 10 == 0 && latest.moved(&core) {
+            // Gone stale in the kernel's symlink cache; it asks again.
+            let _ = notifier.inval_inode(fuser::INodeNo(core::LATEST), 0, 0);
+        }
+        if ticks % 10 == 5 {
+            // Freed cache entries leave holes in the allocator's arenas;
+            // hand their pages back so the resident size follows the
+            // caches' limits instead of their history.
+            // SAFETY: malloc_trim only releases free memory.
+            unsafe { libc::malloc_trim(0) };
+        }
     }
     // The idle sync stops at its next check; the process does not wait
     // for a tier that is slow to answer.
@@ -89,6 +108,39 @@ pub fn run(
     session
         .umount_and_join()
         .map_err(|e| format!("unmounting {}: {e}", dir.display()))
+}
+
+/// The kernel caches symlink targets (FUSE_CACHE_SYMLINKS), so path walks
+/// through `latest` cost no request. When a new revision moves `latest`,
+/// the cached target must be dropped: while the mount is in use, the
+/// revision list is checked every second (it is refreshed at most every
+/// 2 s). Once the mount has been idle for a minute, checks stop (they cost
+/// a listing on the tiers) and the cached target is dropped once, so the
+/// next use asks again and finds the newest revision.
+#[derive(Default)]
+struct LatestWatch {
+    /// The target the kernel may hold; None once dropped.
+    seen: Option<Vec<u8>>,
+}
+
+impl LatestWatch {
+    const IDLE: Duration = Duration::from_secs(60);
+
+    /// Whether the kernel's cached target of `latest` must be dropped.
+    fn moved(&mut self, core: &core::FsCore) -> bool {
+        if core.idle_for() >= Self::IDLE {
+            return self.seen.take().is_some();
+        }
+        match core.latest_target() {
+            Ok(t) if self.seen.as_ref() == Some(&t) => false,
+            Ok(t) => {
+                self.seen = Some(t);
+                true
+            }
+            // Unreadable now: asked again on the next check.
+            Err(_) => false,
+        }
+    }
 }
 
 /// While the mount is idle (no request for `IDLE`), brings tiers that came
