@@ -42,5 +42,6 @@ fn main() {
             exit_code(&e)
         }
     };
+    tiervault::tier::remote::shutdown();
     std::process::exit(code);
 }

@@ -137,6 +137,17 @@ fn sftp_and_s3_tiers_each_hold_a_complete_copy() {
     // Objects really are on the servers' disks.
     assert!(sftp_dir.join("config").exists());
     assert!(s3.dir("vault").join("config").exists());
+    // Every command closed its SFTP connection: no `ssh` master process
+    // is left behind for this server.
+    let port = format!("-p {} ", sshd.port);
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|d| std::fs::read(d.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.starts_with("ssh ") && c.contains(&port))
+        .collect();
+    assert!(left.is_empty(), "ssh processes left behind: {left:?}");
 }
 
 #[test]

@@ -149,6 +149,9 @@ pub struct InitArgs {
     /// Argon2id iterations for the password key
     #[arg(long, default_value_t = 3, value_name = "N", hide = true)]
     pub kdf_iterations: u32,
+    /// Argon2id lanes for the password key (computed in parallel)
+    #[arg(long, default_value_t = 4, value_name = "N", hide = true)]
+    pub kdf_lanes: u32,
 }
 
 #[derive(Args, Debug)]

@@ -29,7 +29,7 @@ pub fn init(s: &Settings, a: &InitArgs) -> anyhow::Result<i32> {
     let kdf = KdfParams {
         m_cost_kib: a.kdf_memory,
         t_cost: a.kdf_iterations,
-        p_cost: 1,
+        p_cost: a.kdf_lanes,
     };
     let repo = Repository::init(Box::new(store), pw.as_deref(), kdf, &s.cache_root)?;
     if s.json {

@@ -9,21 +9,58 @@
 
 use super::{ObjectInfo, Tier, TierError, TierSpec};
 use opendal::{ErrorKind, Operator};
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
+/// The runtime shared by the remote tiers; None until the first is opened
+/// and after `shutdown`.
+static RT: RwLock<Option<tokio::runtime::Runtime>> = RwLock::new(None);
+
+fn start_runtime() {
+    let mut rt = RT.write().expect("runtime");
+    if rt.is_none() {
         // HTTP for S3 through reqwest with the system's OpenSSL.
         opendal_http_transport_reqwest::install_default();
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("tier-io")
-            .enable_all()
-            .build()
-            .expect("cannot start the I/O runtime")
-    })
+        *rt = Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("tier-io")
+                .enable_all()
+                .build()
+                .expect("cannot start the I/O runtime"),
+        );
+    }
+}
+
+fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    loop {
+        if let Some(rt) = RT.read().expect("runtime").as_ref() {
+            return rt.block_on(fut);
+        }
+        start_runtime();
+    }
+}
+
+/// Closes the remote tiers' connections before the process exits. An SFTP
+/// connection runs an `ssh` master process (with ControlPersist) and a
+/// control directory, which only the connection's own task removes: a
+/// process that exits without stopping the runtime leaves both behind.
+/// Waits up to 2 s for calls in flight (the mount's worker threads may be
+/// in one); after that it leaves things as they are.
+pub fn shutdown() {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        if let Ok(mut rt) = RT.try_write() {
+            if let Some(rt) = rt.take() {
+                rt.shutdown_timeout(Duration::from_secs(5));
+            }
+            return;
+        }
+        if Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 pub struct RemoteTier {
@@ -154,7 +191,7 @@ fn build(loc: &str, opts: &TierSpec) -> Result<(Operator, bool), TierError> {
 impl RemoteTier {
     /// Opens `sftp://[user@]host[:port]/path` or `s3://bucket[/prefix]`.
     pub fn open(loc: &str, opts: &TierSpec) -> Result<Self, TierError> {
-        runtime();
+        start_runtime();
         let (op, rename) = build(loc, opts)?;
         Ok(Self {
             name: loc.to_string(),
@@ -212,7 +249,7 @@ impl RemoteTier {
         let mut delay = Duration::from_millis(100);
         let mut attempt = 1;
         loop {
-            match runtime().block_on(f()) {
+            match block_on(f()) {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_temporary() || is_connection(&e) => {
                     if attempt >= self.retries {
