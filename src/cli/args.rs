@@ -256,7 +256,7 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub threads: usize,
     /// Memory for decoded chunks, in MiB
-    #[arg(long, default_value_t = 24, value_name = "MIB")]
+    #[arg(long, default_value_t = 16, value_name = "MIB")]
     pub chunk_cache: usize,
     /// Memory for decoded directories not in use, in MiB
     #[arg(long, default_value_t = 8, value_name = "MIB")]

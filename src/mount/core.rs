@@ -383,7 +383,7 @@ pub struct CoreOptions {
 impl Default for CoreOptions {
     fn default() -> Self {
         Self {
-            chunk_cache: 24 << 20,
+            chunk_cache: 16 << 20,
             tree_cache: 8 << 20,
             read_ahead: 8 << 20,
             read_ahead_threads: 2,

@@ -79,17 +79,30 @@ pub fn run(
     )
     .map_err(|e| format!("cannot mount on {}: {e}", dir.display()))?;
     ready();
+    // On its own thread: a check may wait on a slow tier, and this loop
+    // must notice a signal or an unmount at once.
     let notifier = session.notifier();
-    let mut latest = LatestWatch::default();
+    let watched = core.clone();
+    let watch = std::thread::Builder::new()
+        .name("latest-watch".into())
+        .spawn(move || {
+            let mut latest = LatestWatch::default();
+            while !STOP.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_secs(1));
+                if latest.moved(&watched) {
+                    // Gone stale in the kernel's symlink cache; it asks again.
+                    let _ = notifier.inval_inode(fuser::INodeNo(core::LATEST), 0, 0);
+                }
+            }
+        });
+    if let Err(e) = watch {
+        eprintln!("tiervault mount: cannot start the thread that moves `latest` ({e}); `latest` may keep its first target until the mount is restarted");
+    }
     let mut ticks = 0u32;
     while !STOP.load(Ordering::SeqCst) && !session.guard.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
         ticks += 1;
-        if ticks % 10 == 0 && latest.moved(&core) {
-            // Gone stale in the kernel's symlink cache; it asks again.
-            let _ = notifier.inval_inode(fuser::INodeNo(core::LATEST), 0, 0);
-        }
-        if ticks % 10 == 5 {
+        if ticks % 10 == 0 {
             // Freed cache entries leave holes in the allocator's arenas;
             // hand their pages back so the resident size follows the
             // caches' limits instead of their history.
