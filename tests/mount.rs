@@ -34,13 +34,7 @@ fn cp_and_rsync_out_of_the_mount_reproduce_the_nasty_tree() {
     let inside = mnt.join("latest").join(src.strip_prefix("/").unwrap());
 
     let cp = env.path("cp-copy");
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(&inside)
-        .arg(&cp)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::cp_a(&inside, &cp);
     assert_same(&src, &cp, true);
 
     let rs = env.path("rsync-copy");

@@ -324,8 +324,8 @@ fn reads_without_an_open_use_the_inode() {
 fn listing_a_directory_decodes_its_subdirectories_ahead() {
     let fx = fixture();
     let top = fx.dir.path().to_path_buf();
-    // Lists the temporary dir (it holds `src`, and nothing else was backed
-    // up); returns the core.
+    // Opens the temporary dir for listing (it holds `src`, and nothing else
+    // was backed up); returns the core.
     let listed = |name: &str, threads: usize| {
         let opts = CoreOptions {
             prefetch_threads: threads,
@@ -333,7 +333,7 @@ fn listing_a_directory_decodes_its_subdirectories_ahead() {
         };
         let core = FsCore::new(reopen(&fx, name), opts);
         let ino = walk(&core, &top);
-        core.list(ino).unwrap();
+        core.opendir(ino).unwrap();
         core
     };
     let without = listed("no-prefetch", 0).trees_cached();

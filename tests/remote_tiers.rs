@@ -99,6 +99,15 @@ fn has_pack(tier: &Path) -> bool {
     })
 }
 
+/// Asserts `out` is the "another installation" stop (exit 13); returns
+/// its stderr.
+fn stopped_as_second_installation(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(13), "{err}");
+    assert!(err.contains("another installation"), "{err}");
+    err
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -249,30 +258,13 @@ fn a_second_installation_is_stopped_and_takeover_hands_over() {
     // A second machine (its own cache dir) may read, not write.
     let second = Tv::new(&[&loc], &env.path("cache-second"));
     second.ok(&["revisions"]);
-    let out = second.run(&["backup", s(&src)]);
-    assert_eq!(
-        out.status.code(),
-        Some(13),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("another installation"));
+    stopped_as_second_installation(&second.run(&["backup", s(&src)]));
     // After a takeover the second writes, and the first is the one stopped.
     second.ok(&["takeover"]);
     std::fs::write(src.join("b"), b"two").unwrap();
     second.ok(&["backup", s(&src)]);
-    let out = first.run(&["backup", s(&src)]);
-    assert_eq!(
-        out.status.code(),
-        Some(13),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("another installation") && err.contains("takeover"),
-        "{err}"
-    );
+    let err = stopped_as_second_installation(&first.run(&["backup", s(&src)]));
+    assert!(err.contains("takeover"), "{err}");
     // Reading stays allowed.
     let revs = json(&first.ok(&["--json", "revisions"]));
     assert_eq!(revs.as_array().unwrap().len(), 2);
@@ -303,13 +295,7 @@ fn recovery_from_one_remote_tier_on_a_new_machine() {
         let _m = common::mount::Mount::spawn(new.cmd(), &mnt);
         let copy = env.path("copied-out");
         let inside = mnt.join("latest").join(src.strip_prefix("/").unwrap());
-        let st = Command::new("cp")
-            .arg("-a")
-            .arg(&inside)
-            .arg(&copy)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        common::cp_a(&inside, &copy);
         assert_same(&src, &copy, false);
     }
     new.ok(&["takeover"]);

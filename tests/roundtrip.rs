@@ -58,15 +58,7 @@ fn incremental_changes_and_old_revisions() {
     fs::write(src.join("d/gone"), "deleted later").unwrap();
     env.ok(["backup", src.to_str().unwrap(), "--tag", "first"]);
     let v1 = env.path("v1");
-    let copy = |to: &std::path::Path| {
-        let st = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(&src)
-            .arg(to)
-            .status()
-            .unwrap();
-        assert!(st.success());
-    };
+    let copy = |to: &std::path::Path| common::cp_a(&src, to);
     copy(&v1);
 
     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -190,13 +182,7 @@ fn comparator_detects_each_kind_of_difference() {
     build_nasty(&src, &Shape::small());
     let copy = |name: &str| {
         let dst = env.path(name);
-        let st = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(&src)
-            .arg(&dst)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        common::cp_a(&src, &dst);
         dst
     };
     assert_same(&src, &copy("baseline"), false);

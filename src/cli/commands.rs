@@ -241,7 +241,6 @@ pub fn mount(s: &Settings, a: &MountArgs) -> anyhow::Result<i32> {
             chunk_cache: a.chunk_cache << 20,
             tree_cache: a.tree_cache << 20,
             read_ahead: a.read_ahead << 20,
-            read_ahead_threads: 2,
             prefetch_threads: a.prefetch_threads,
             disk_cache,
             ..Default::default()

@@ -130,6 +130,22 @@ enum What {
     },
 }
 
+impl What {
+    /// Whether it changes as revisions arrive: `latest`, and the listings
+    /// made from the revision list. Revision contents and the root never do.
+    fn changes(&self) -> bool {
+        matches!(
+            self,
+            What::Revisions
+                | What::Latest
+                | What::Groups { .. }
+                | What::Group { .. }
+                | What::HistoryDir { .. }
+                | What::Versions { .. }
+        )
+    }
+}
+
 /// A node inside its decoded directory (shared with the tree cache and its
 /// siblings, not copied), or one made up for the mount.
 #[derive(Debug, Clone)]
@@ -170,6 +186,8 @@ pub struct Attr {
     pub ctime: Timestamp,
     pub nlink: u32,
     pub rdev: u64,
+    /// What it shows changes as revisions arrive (`What::changes`).
+    pub live: bool,
 }
 
 struct OpenFile {
@@ -231,6 +249,8 @@ struct RevInfo {
 struct Revs {
     at: Option<Instant>,
     list: Vec<RevInfo>,
+    /// A thread is reading the list from storage; others use the old one.
+    refreshing: bool,
 }
 
 /// A chunk being fetched by one thread; others wanting it wait here.
@@ -552,6 +572,7 @@ impl FsCore {
             revs: Mutex::new(Revs {
                 at: None,
                 list: Vec::new(),
+                refreshing: false,
             }),
             files: Mutex::new(HashMap::new()),
             shared: Mutex::new(Lru::new(SHARED_FILES)),
@@ -666,17 +687,20 @@ impl FsCore {
         self.trees.get(id)
     }
 
-    /// Queues the subdirectories of a directory being listed for decoding,
-    /// one level down: a walker descends into them next. When the queue is
-    /// full, the rest are left to be read on demand.
-    fn prefetch_subdirs(&self, nodes: &[Node]) {
+    /// Queues the subdirectories of a directory being opened for listing,
+    /// one level down: a walker descends into them next. (Not on lookups: a
+    /// `stat a/b/c` would queue every sibling along the way.) When the queue
+    /// is full, the rest are left to be read on demand.
+    fn prefetch_subdirs(&self, entries: &[Entry]) {
         let Some(tx) = &self.prefetch_tx else {
             return;
         };
-        for n in nodes {
-            if let Body::Dir(t) = &n.body {
-                if !self.trees.contains(t) && tx.try_send(*t).is_err() {
-                    return;
+        for e in entries {
+            if let What::Node { node, .. } = &e.what {
+                if let Body::Dir(t) = &node.body {
+                    if !self.trees.contains(t) && tx.try_send(*t).is_err() {
+                        return;
+                    }
                 }
             }
         }
@@ -698,26 +722,42 @@ impl FsCore {
     }
 
     /// The revision list, oldest first, refreshed when older than `REFRESH`.
+    ///
+    /// The list is read from storage without holding the lock, and while
+    /// one thread reads it the others answer from the previous list, so a
+    /// slow tier does not hold up every request that shows `latest`.
     fn revisions(&self) -> FsResult<Vec<RevInfo>> {
-        let mut r = self.revs.lock().expect("revs");
-        if r.at.is_none_or(|t| t.elapsed() >= REFRESH) {
-            self.repo.sync_index()?;
-            let revs = self.repo.revisions()?;
-            let names = crate::timefmt::revision_names(&revs);
-            r.list = names
-                .into_iter()
-                .zip(revs)
-                .map(|(name, (_, rev))| RevInfo {
-                    name,
-                    tree: rev.tree,
-                    time: rev.time,
-                    host: rev.host,
-                    tags: rev.tags,
-                })
-                .collect();
-            r.at = Some(Instant::now());
+        {
+            let mut r = self.revs.lock().expect("revs");
+            let fresh = r.at.is_some_and(|t| t.elapsed() < REFRESH);
+            if fresh || (r.refreshing && r.at.is_some()) {
+                return Ok(r.list.clone());
+            }
+            r.refreshing = true;
         }
+        let read = self.read_revisions();
+        let mut r = self.revs.lock().expect("revs");
+        r.refreshing = false;
+        r.list = read?;
+        r.at = Some(Instant::now());
         Ok(r.list.clone())
+    }
+
+    fn read_revisions(&self) -> FsResult<Vec<RevInfo>> {
+        self.repo.sync_index()?;
+        let revs = self.repo.revisions()?;
+        let names = crate::timefmt::revision_names(&revs);
+        Ok(names
+            .into_iter()
+            .zip(revs)
+            .map(|(name, (_, rev))| RevInfo {
+                name,
+                tree: rev.tree,
+                time: rev.time,
+                host: rev.host,
+                tags: rev.tags,
+            })
+            .collect())
     }
 
     /// The node at `path` in the tree `root`, if the revision has it.
@@ -930,7 +970,6 @@ impl FsCore {
                     return Err(FsError::NotDir);
                 };
                 let nodes = self.tree(&tree)?;
-                self.prefetch_subdirs(&nodes);
                 Ok(nodes
                     .iter()
                     .enumerate()
@@ -944,10 +983,6 @@ impl FsCore {
                     .collect())
             }
         }
-    }
-
-    pub fn parent(&self, ino: u64) -> FsResult<u64> {
-        Ok(self.inode(ino)?.parent)
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
@@ -990,6 +1025,7 @@ impl FsCore {
             ctime: self.started,
             nlink: if kind == NodeKind::Dir { 2 } else { 1 },
             rdev: 0,
+            live: what.changes(),
         };
         Ok(match what {
             What::Root
@@ -1028,6 +1064,7 @@ impl FsCore {
                         m.nlink.clamp(1, u64::from(u32::MAX)) as u32
                     },
                     rdev: m.rdev,
+                    live: false,
                 }
             }
         })
@@ -1041,17 +1078,10 @@ impl FsCore {
     }
 
     /// Directories whose entries change as revisions arrive.
-    fn is_live(&self, ino: u64) -> bool {
-        self.inode(ino).is_ok_and(|i| {
-            matches!(
-                i.what,
-                What::Revisions
-                    | What::Groups { .. }
-                    | What::Group { .. }
-                    | What::HistoryDir { .. }
-                    | What::Versions { .. }
-            )
-        })
+    /// Whether what `ino` shows changes as revisions arrive, so neither the
+    /// table nor the kernel may keep its listing.
+    pub fn is_live(&self, ino: u64) -> bool {
+        self.inode(ino).is_ok_and(|i| i.what.changes())
     }
 
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
@@ -1152,6 +1182,7 @@ impl FsCore {
     /// takes many READDIR calls is consistent and decoded once.
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
         let entries = self.children(ino)?;
+        self.prefetch_subdirs(&entries);
         let me = self.inode(ino)?;
         let up = self.inode(me.parent)?;
         let dot = |ino, name: &[u8], what: &What| Entry {
@@ -1194,20 +1225,9 @@ impl FsCore {
     /// memory, without touching storage; `None` otherwise.
     pub fn read_cached(&self, fh: u64, offset: u64, size: usize) -> Option<Vec<u8>> {
         let f = self.file(fh).ok()?;
-        if offset >= f.size {
-            return Some(Vec::new());
-        }
-        let (first, end) = Self::span(&f, offset, size);
-        let mut i = first;
-        while i < f.segments.len() && f.starts[i] < end {
-            if let Segment::Data { id, .. } = &f.segments[i] {
-                if !self.chunks.lru.lock().expect("chunks").contains(id) {
-                    return None;
-                }
-            }
-            i += 1;
-        }
-        self.read(fh, offset, size).ok()
+        self.read_with(&f, offset, size, |id| Ok(self.chunks.cached(id)))
+            .ok()
+            .flatten()
     }
 
     /// Queues the chunks after `last` for read-ahead when `f` is read
@@ -1216,7 +1236,13 @@ impl FsCore {
         let Some(tx) = &self.ahead_tx else { return };
         let prev = f.last_end.swap(end, Ordering::Relaxed);
         // Concurrent kernel read-ahead requests arrive slightly out of order.
-        let sequential = offset == 0 || offset.abs_diff(prev) <= 1 << 20;
+        let restart = offset == 0;
+        let sequential = restart || offset.abs_diff(prev) <= 1 << 20;
+        if !sequential || restart {
+            // A new pass (the shared handle of a file outlives each open):
+            // what was queued before says nothing about what is cached now.
+            f.ahead.store(last + 1, Ordering::Relaxed);
+        }
         if !sequential {
             return;
         }
@@ -1238,15 +1264,28 @@ impl FsCore {
     /// with the file's path.
     pub fn read(&self, fh: u64, offset: u64, size: usize) -> FsResult<Vec<u8>> {
         let f = self.file(fh)?;
+        let out = self.read_with(&f, offset, size, |id| self.chunks.get(id).map(Some))?;
+        Ok(out.expect("a fetching read has every chunk"))
+    }
+
+    /// Assembles a read from `get`, which gives a chunk, or None to give up
+    /// (the read then gives None).
+    fn read_with(
+        &self,
+        f: &OpenFile,
+        offset: u64,
+        size: usize,
+        get: impl Fn(&BlobId) -> FsResult<Option<Arc<Vec<u8>>>>,
+    ) -> FsResult<Option<Vec<u8>>> {
         if offset >= f.size {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
-        let (mut i, end) = Self::span(&f, offset, size);
+        let (mut i, end) = Self::span(f, offset, size);
         let mut last = i;
         while last + 1 < f.segments.len() && f.starts[last + 1] < end {
             last += 1;
         }
-        self.read_ahead(&f, offset, last, end);
+        self.read_ahead(f, offset, last, end);
         let mut out = Vec::with_capacity((end - offset) as usize);
         let mut pos = offset;
         while pos < end {
@@ -1256,19 +1295,22 @@ impl FsCore {
             match seg {
                 Segment::Hole { .. } => out.resize(out.len() + (upto - pos) as usize, 0),
                 Segment::Data { id, .. } => {
-                    let data = self.chunks.get(id).inspect_err(|e| {
+                    let data = get(id).inspect_err(|e| {
                         eprintln!(
                             "tiervault mount: cannot read {} at offset {start}: {e}",
                             self.path_of(f.ino)
                         )
                     })?;
+                    let Some(data) = data else {
+                        return Ok(None);
+                    };
                     out.extend_from_slice(&data[(pos - start) as usize..(upto - start) as usize]);
                 }
             }
             pos = upto;
             i += 1;
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// `SEEK_DATA` / `SEEK_HOLE` over the file's segments.

@@ -106,15 +106,20 @@ fn attr(a: &Attr) -> FileAttr {
     }
 }
 
-fn ttl(ino: u64) -> Duration {
-    if ino < 16 {
+fn ttl(a: &Attr) -> Duration {
+    if a.live {
         TTL_LIVE
     } else {
         TTL_STATIC
     }
 }
 
+/// The errno for a failure; a storage failure is also logged (reads log
+/// theirs with the file's path in the core, and reply with `e.errno()`).
 fn errno(e: &FsError) -> Errno {
+    if let FsError::Storage(err) = e {
+        eprintln!("tiervault mount: {err}");
+    }
     Errno::from_i32(e.errno())
 }
 
@@ -129,8 +134,8 @@ fn handle(ino: INodeNo, fh: FileHandle) -> FileHandle {
 }
 
 /// Directories whose entries never change may be cached by the kernel.
-fn dir_flags(ino: u64) -> FopenFlags {
-    if ino < 16 {
+fn dir_flags(live: bool) -> FopenFlags {
+    if live {
         FopenFlags::empty()
     } else {
         FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR
@@ -169,7 +174,7 @@ impl Filesystem for FuseFs {
         self.spawn(move |core| match core.lookup(parent.0, &name) {
             Ok(a) => {
                 core.remember(a.ino);
-                reply.entry(&ttl(a.ino), &attr(&a), Generation(0))
+                reply.entry(&ttl(&a), &attr(&a), Generation(0))
             }
             Err(e) => reply.error(errno(&e)),
         });
@@ -181,7 +186,7 @@ impl Filesystem for FuseFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.core.getattr(ino.0) {
-            Ok(a) => reply.attr(&ttl(a.ino), &attr(&a)),
+            Ok(a) => reply.attr(&ttl(&a), &attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -226,7 +231,8 @@ impl Filesystem for FuseFs {
         }
         self.spawn(move |core| match core.read(fh.0, offset, size as usize) {
             Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno(&e)),
+            // Logged with the file's path by the core.
+            Err(e) => reply.error(Errno::from_i32(e.errno())),
         });
     }
 
@@ -246,7 +252,7 @@ impl Filesystem for FuseFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.spawn(move |core| match core.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), dir_flags(ino.0)),
+            Ok(fh) => reply.opened(FileHandle(fh), dir_flags(core.is_live(ino.0))),
             Err(e) => reply.error(errno(&e)),
         });
     }
@@ -302,7 +308,7 @@ impl Filesystem for FuseFs {
                 INodeNo(e.ino),
                 (i + 1) as u64,
                 OsStr::from_bytes(&e.name),
-                &ttl(e.ino),
+                &ttl(&a),
                 &attr(&a),
                 Generation(0),
             ) {

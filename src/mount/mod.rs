@@ -102,7 +102,8 @@ pub fn run(
     while !STOP.load(Ordering::SeqCst) && !session.guard.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
         ticks += 1;
-        if ticks % 10 == 0 {
+        // After a busy second only: an idle mount has nothing to give back.
+        if ticks % 10 == 0 && core.idle_for() < Duration::from_secs(2) {
             // Freed cache entries leave holes in the allocator's arenas;
             // hand their pages back so the resident size follows the
             // caches' limits instead of their history.

@@ -96,14 +96,7 @@ pub fn hostname() -> String {
 /// Where per-repository caches live: `TIERVAULT_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/tiervault`, else `~/.cache/tiervault`.
 pub fn default_cache_root() -> PathBuf {
-    if let Some(d) = std::env::var_os("TIERVAULT_CACHE_DIR") {
-        return d.into();
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return Path::new(&d).join("tiervault");
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
-    Path::new(&home).join(".cache/tiervault")
+    user_dir("TIERVAULT_CACHE_DIR", "XDG_CACHE_HOME", ".cache")
 }
 
 /// Where this installation keeps its state (its id, and the revisions it
@@ -111,14 +104,19 @@ pub fn default_cache_root() -> PathBuf {
 /// else `~/.local/state/tiervault`. It is state, not cache: deleting the
 /// cache dir does not make this machine a stranger to its tiers.
 pub fn default_state_root() -> PathBuf {
-    if let Some(d) = std::env::var_os("TIERVAULT_STATE_DIR") {
+    user_dir("TIERVAULT_STATE_DIR", "XDG_STATE_HOME", ".local/state")
+}
+
+/// `$OURS`, else `$XDG/tiervault`, else `~/<home_default>/tiervault`.
+fn user_dir(ours: &str, xdg: &str, home_default: &str) -> PathBuf {
+    if let Some(d) = std::env::var_os(ours) {
         return d.into();
     }
-    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+    if let Some(d) = std::env::var_os(xdg) {
         return Path::new(&d).join("tiervault");
     }
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
-    Path::new(&home).join(".local/state/tiervault")
+    Path::new(&home).join(home_default).join("tiervault")
 }
 
 /// Every blob of an index entry lies inside its pack.
@@ -592,9 +590,6 @@ impl crate::tier::set::LocalState for LocalTiers {
     }
     fn host(&self) -> String {
         hostname()
-    }
-    fn last_revision(&self, tier: &str) -> Option<u64> {
-        self.load().get(tier).copied()
     }
     fn set_last_revision(&self, tier: &str, rev: u64) {
         if let Some(dir) = self.file.parent() {

@@ -219,11 +219,6 @@ pub trait Tier: Send + Sync {
     }
 }
 
-/// Opens the backend for one `-r` location.
-pub fn open_location(loc: &str) -> Result<Box<dyn Tier>, TierError> {
-    open_spec(&TierSpec::parse(loc)?)
-}
-
 /// Opens the backend for one tier.
 pub fn open_spec(spec: &TierSpec) -> Result<Box<dyn Tier>, TierError> {
     let loc = spec.location.as_str();

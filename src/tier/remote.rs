@@ -270,9 +270,13 @@ impl RemoteTier {
 }
 
 /// Failures that mean the server could not be reached at all.
+/// OpenDAL reports every SSH failure alike, so a refused key or host key is
+/// told apart by its text: retrying those would only hide the cause.
 fn is_connection(e: &opendal::Error) -> bool {
     let s = e.to_string().to_lowercase();
+    let refused = ["host key", "permission denied", "authentication"];
     e.kind() == ErrorKind::Unexpected
+        && !refused.iter().any(|w| s.contains(w))
         && [
             "connect",
             "connection",

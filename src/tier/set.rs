@@ -85,7 +85,6 @@ pub enum WriteError {
 pub trait LocalState: Send + Sync {
     fn installation(&self) -> String;
     fn host(&self) -> String;
-    fn last_revision(&self, tier: &str) -> Option<u64>;
     fn set_last_revision(&self, tier: &str, rev: u64);
 }
 
@@ -494,18 +493,29 @@ impl TierSet {
     /// returns the highest revision with the tiers that hold it.
     pub fn refresh(&self) -> Vec<Option<TierState>> {
         let states: Vec<Option<TierState>> = (0..self.members.len())
-            .map(|i| match self.read_state(i) {
-                Ok(st) => {
-                    self.mark_online(i);
-                    st
+            .map(|i| {
+                // A tier found offline moments ago is not asked again
+                // before its probe is due: each ask costs every retry.
+                let resting = {
+                    let s = self.state(i);
+                    !s.online && s.offline_since.is_some_and(|t| t.elapsed() < REPROBE)
+                };
+                if resting {
+                    return None;
                 }
-                Err(e) => {
-                    if e.is_offline() {
-                        self.mark_offline(i, &e);
-                    } else {
-                        self.state(i).last_error = Some(e.to_string());
+                match self.read_state(i) {
+                    Ok(st) => {
+                        self.mark_online(i);
+                        st
                     }
-                    None
+                    Err(e) => {
+                        if e.is_offline() {
+                            self.mark_offline(i, &e);
+                        } else {
+                            self.state(i).last_error = Some(e.to_string());
+                        }
+                        None
+                    }
                 }
             })
             .collect();
@@ -621,11 +631,11 @@ impl TierSet {
             });
         };
         // What each online tier holds.
-        let mut held: Vec<std::collections::HashMap<String, u64>> = Vec::new();
+        let mut held: Vec<std::collections::HashSet<String>> = Vec::new();
         for &i in &online {
             let t = self.members[i].tier.as_ref();
             progress(t.name(), "listing");
-            held.push(t.list("")?.into_iter().map(|o| (o.key, o.size)).collect());
+            held.push(t.list("")?.into_iter().map(|o| o.key).collect());
         }
         let mut copied = 0;
         for (n, &dst) in online.iter().enumerate() {
@@ -634,8 +644,12 @@ impl TierSet {
             let mut lacking: std::collections::HashMap<&String, usize> =
                 std::collections::HashMap::new();
             for (m, h) in held.iter().enumerate() {
-                for (key, size) in h {
-                    if m != n && key != TIERSTATE && held[n].get(key) != Some(size) {
+                for key in h {
+                    // Only what it lacks by name: a copy of another size
+                    // is damaged on one side or the other, and copying by
+                    // size alone could spread the bad one; `check
+                    // --read-data --repair` settles it by content.
+                    if m != n && key != TIERSTATE && !held[n].contains(key) {
                         lacking.entry(key).or_insert(online[m]);
                     }
                 }
@@ -742,7 +756,7 @@ impl TierSet {
             let n = o.size.min(bytes);
             let t = Instant::now();
             if let Ok(b) = m.tier.get_range(&o.key, 0, n) {
-                self.measure(i, b.len().max(256 << 10), t.elapsed());
+                self.measure(i, b.len(), t.elapsed());
             }
         }
     }
@@ -891,9 +905,6 @@ mod tests {
         }
         fn host(&self) -> String {
             format!("host-{}", self.1)
-        }
-        fn last_revision(&self, t: &str) -> Option<u64> {
-            self.0.lock().unwrap().get(t).copied()
         }
         fn set_last_revision(&self, t: &str, r: u64) {
             self.0.lock().unwrap().insert(t.into(), r);

@@ -109,6 +109,22 @@ pub fn assert_ok(out: &Output, what: &str) -> String {
 /// Where test trees live. Defaults to the system temp dir; sparse and
 /// xattr tests need a file system with holes and user xattrs (ext4, xfs,
 /// btrfs and tmpfs all qualify).
+/// `cp -a FROM TO`, which must succeed.
+pub fn cp_a(from: &Path, to: &Path) {
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "cp -a {} {} failed",
+        from.display(),
+        to.display()
+    );
+}
+
 pub fn scratch_root() -> PathBuf {
     std::env::var_os("TIERVAULT_TEST_DIR")
         .map(PathBuf::from)
