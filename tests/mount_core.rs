@@ -91,6 +91,8 @@ fn options(chunk_cache: usize) -> CoreOptions {
     CoreOptions {
         chunk_cache,
         idle_inodes: 4,
+        // Past the file's hole, so the read-ahead test sees data chunks.
+        read_ahead: 8 << 20,
         ..CoreOptions::default()
     }
 }
@@ -346,4 +348,39 @@ fn listing_a_directory_decodes_its_subdirectories_ahead() {
     let with = core.trees_cached();
     // One more: `src`, which nothing looked up.
     assert_eq!(with, without + 1, "with prefetch {with}, without {without}");
+}
+
+#[test]
+fn entries_the_kernel_holds_do_not_pin_their_directory() {
+    let fx = fixture();
+    // No tree cache: a directory stays decoded only while something holds
+    // it strongly.
+    let opts = CoreOptions {
+        tree_cache: 0,
+        prefetch_threads: 0,
+        ..options(1 << 20)
+    };
+    let core = FsCore::new(reopen(&fx, "no-tree-cache"), opts);
+    let parent = walk(&core, &fx.dir.path().join("src"));
+    let a = core.lookup(parent, b"small-07").unwrap();
+    core.remember(a.ino);
+    let before = core.trees_decoded();
+    // The kernel still holds the entry; its directory is decoded again,
+    // because the entry did not keep it.
+    assert_eq!(core.getattr(a.ino).unwrap(), a);
+    assert_eq!(core.trees_decoded(), before + 1);
+    let fh = FsCore::shared_handle(a.ino);
+    assert_eq!(core.read(fh, 0, 100).unwrap(), b"small file 7");
+    assert_eq!(
+        core.getxattr(a.ino, b"user.none").unwrap_err().errno(),
+        libc::ENODATA
+    );
+    // With a tree cache the directory is decoded once and then served from it.
+    let core = FsCore::new(reopen(&fx, "tree-cache"), options(1 << 20));
+    let parent = walk(&core, &fx.dir.path().join("src"));
+    let a = core.lookup(parent, b"small-07").unwrap();
+    core.remember(a.ino);
+    let before = core.trees_decoded();
+    assert_eq!(core.getattr(a.ino).unwrap(), a);
+    assert_eq!(core.trees_decoded(), before);
 }

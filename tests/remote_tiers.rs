@@ -147,15 +147,24 @@ fn sftp_and_s3_tiers_each_hold_a_complete_copy() {
     assert!(sftp_dir.join("config").exists());
     assert!(s3.dir("vault").join("config").exists());
     // Every command closed its SFTP connection: no `ssh` master process
-    // is left behind for this server.
+    // is left behind for this server. A master told to exit by the last
+    // command may take a moment to go.
     let port = format!("-p {} ", sshd.port);
-    let left: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|d| std::fs::read(d.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.starts_with("ssh ") && c.contains(&port))
-        .collect();
+    let masters = || -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|d| std::fs::read(d.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.starts_with("ssh ") && c.contains(&port))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut left = masters();
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        left = masters();
+    }
     assert!(left.is_empty(), "ssh processes left behind: {left:?}");
 }
 

@@ -256,13 +256,13 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub threads: usize,
     /// Memory for decoded chunks, in MiB
-    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    #[arg(long, default_value_t = 8, value_name = "MIB")]
     pub chunk_cache: usize,
     /// Memory for decoded directories not in use, in MiB
     #[arg(long, default_value_t = 8, value_name = "MIB")]
     pub tree_cache: usize,
     /// How far ahead of a sequential reader to fetch, in MiB (0: off)
-    #[arg(long, default_value_t = 8, value_name = "MIB")]
+    #[arg(long, default_value_t = 4, value_name = "MIB")]
     pub read_ahead: u64,
     /// Threads that read the subdirectories of a listed directory ahead of a walker such as `ls -lR` (0: off)
     #[arg(long, default_value_t = 4, value_name = "N")]

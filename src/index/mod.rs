@@ -93,7 +93,9 @@ fn decode_loc(id: BlobId, b: &[u8]) -> Result<BlobLoc, FormatError> {
 }
 
 impl Index {
-    pub fn open(path: &Path) -> Result<Self, IndexError> {
+    /// Opens (or creates) the index at `path`, with `block_cache` bytes of
+    /// RocksDB blocks kept in memory.
+    pub fn open(path: &Path, block_cache: usize) -> Result<Self, IndexError> {
         std::fs::create_dir_all(path).map_err(|e| IndexError::Rocks {
             path: path.into(),
             msg: e.to_string(),
@@ -106,7 +108,7 @@ impl Index {
         opts.set_write_buffer_size(16 << 20);
         // One block cache for all column families, so memory stays bounded
         // (the default gives each its own 8 MiB cache and 64 MiB memtable).
-        let cache = rocksdb::Cache::new_lru_cache(8 << 20).map_err(|e| IndexError::Rocks {
+        let cache = rocksdb::Cache::new_lru_cache(block_cache).map_err(|e| IndexError::Rocks {
             path: path.into(),
             msg: e.to_string(),
         })?;

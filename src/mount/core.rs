@@ -150,7 +150,12 @@ impl What {
 /// siblings, not copied), or one made up for the mount.
 #[derive(Debug, Clone)]
 enum NodeRef {
-    InTree(Arc<Vec<Node>>, usize),
+    /// Entry `i` of the decoded tree `tree`.
+    InTree {
+        nodes: Arc<Vec<Node>>,
+        tree: BlobId,
+        i: usize,
+    },
     Own(Arc<Node>),
 }
 
@@ -158,7 +163,7 @@ impl std::ops::Deref for NodeRef {
     type Target = Node;
     fn deref(&self) -> &Node {
         match self {
-            NodeRef::InTree(tree, i) => &tree[*i],
+            NodeRef::InTree { nodes, i, .. } => &nodes[*i],
             NodeRef::Own(n) => n,
         }
     }
@@ -168,6 +173,39 @@ impl std::ops::Deref for NodeRef {
 struct Inode {
     parent: u64,
     what: What,
+}
+
+/// What the inode table keeps of a decoded inode. An entry of a revision
+/// keeps its tree only weakly, so the kernel holding thousands of entries
+/// does not pin their directories: the tree LRU alone bounds decoded trees,
+/// and an entry whose tree was evicted is rebuilt from the tree's id.
+enum Kept {
+    Whole(Arc<Inode>),
+    InTree {
+        parent: u64,
+        rev: BlobId,
+        tree: BlobId,
+        i: usize,
+        nodes: std::sync::Weak<Vec<Node>>,
+    },
+}
+
+impl Kept {
+    fn of(inode: &Arc<Inode>) -> Self {
+        match &inode.what {
+            What::Node {
+                rev,
+                node: NodeRef::InTree { nodes, tree, i },
+            } => Kept::InTree {
+                parent: inode.parent,
+                rev: *rev,
+                tree: *tree,
+                i: *i,
+                nodes: Arc::downgrade(nodes),
+            },
+            _ => Kept::Whole(inode.clone()),
+        }
+    }
 }
 
 /// Attributes of one inode, in plain terms.
@@ -208,7 +246,7 @@ struct OpenFile {
 /// most recently idle ones.
 #[derive(Default)]
 struct Table {
-    live: HashMap<u64, Arc<Inode>>,
+    live: HashMap<u64, Kept>,
     counts: HashMap<u64, u64>,
     names: HashMap<u64, (u64, Arc<[u8]>)>,
     by_name: HashMap<u64, HashMap<Arc<[u8]>, u64>>,
@@ -332,6 +370,8 @@ impl Drop for FsCore {
 struct Trees {
     repo: Arc<Repository>,
     lru: Mutex<Lru<BlobId, Arc<Vec<Node>>>>,
+    /// Trees decoded so far (misses of the LRU).
+    decoded: AtomicU64,
 }
 
 impl Trees {
@@ -344,6 +384,7 @@ impl Trees {
             return Ok(t);
         }
         let nodes = Arc::new(self.repo.load_tree(id)?);
+        self.decoded.fetch_add(1, Ordering::Relaxed);
         let w = tree_weight(&nodes);
         self.lru.lock().expect("trees").put(*id, nodes.clone(), w);
         Ok(nodes)
@@ -403,9 +444,9 @@ pub struct CoreOptions {
 impl Default for CoreOptions {
     fn default() -> Self {
         Self {
-            chunk_cache: 16 << 20,
+            chunk_cache: 8 << 20,
             tree_cache: 8 << 20,
-            read_ahead: 8 << 20,
+            read_ahead: 4 << 20,
             read_ahead_threads: 2,
             prefetch_threads: 4,
             disk_cache: None,
@@ -505,18 +546,18 @@ impl FsCore {
         };
         t.live.insert(
             ROOT,
-            Arc::new(Inode {
+            Kept::Whole(Arc::new(Inode {
                 parent: ROOT,
                 what: What::Root,
-            }),
+            })),
         );
         for (ino, name, _) in TOP {
             t.live.insert(
                 ino,
-                Arc::new(Inode {
+                Kept::Whole(Arc::new(Inode {
                     parent: ROOT,
                     what: top_what(ino),
-                }),
+                })),
             );
             let name: Arc<[u8]> = name.into();
             t.names.insert(ino, (ROOT, name.clone()));
@@ -531,6 +572,7 @@ impl FsCore {
         let trees = Arc::new(Trees {
             repo: repo.clone(),
             lru: Mutex::new(Lru::new(opts.tree_cache)),
+            decoded: AtomicU64::new(0),
         });
         // A failure in either is reported to the reader that needs the data.
         let mut helpers = Vec::new();
@@ -591,15 +633,43 @@ impl FsCore {
     }
 
     /// What `ino` shows, decoded again from its parent's tree if it was
-    /// dropped.
+    /// dropped, or from its own tree's id if only that tree was evicted.
     fn inode(&self, ino: u64) -> FsResult<Arc<Inode>> {
-        let parent = {
+        let (parent, rev, tree, i, nodes) = {
             let t = self.table.lock().expect("table");
-            if let Some(i) = t.live.get(&ino) {
-                return Ok(i.clone());
+            match t.live.get(&ino) {
+                Some(Kept::Whole(inode)) => return Ok(inode.clone()),
+                Some(Kept::InTree {
+                    parent,
+                    rev,
+                    tree,
+                    i,
+                    nodes,
+                }) => (*parent, *rev, *tree, *i, nodes.upgrade()),
+                None => {
+                    let parent = t.names.get(&ino).ok_or(FsError::NotFound)?.0;
+                    drop(t);
+                    return self.inode_from_parent(ino, parent);
+                }
             }
-            t.names.get(&ino).ok_or(FsError::NotFound)?.0
         };
+        let nodes = match nodes {
+            Some(n) => n,
+            None => self.tree(&tree)?,
+        };
+        if i >= nodes.len() {
+            return Err(FsError::NotFound);
+        }
+        Ok(Arc::new(Inode {
+            parent,
+            what: What::Node {
+                rev,
+                node: NodeRef::InTree { nodes, tree, i },
+            },
+        }))
+    }
+
+    fn inode_from_parent(&self, ino: u64, parent: u64) -> FsResult<Arc<Inode>> {
         // Decoded again from the parent's listing.
         let e = self
             .children(parent)?
@@ -611,17 +681,16 @@ impl FsCore {
 
     /// Keeps what `e` shows decoded (again), and returns it.
     fn adopt(&self, parent: u64, e: Entry) -> Arc<Inode> {
-        let mut t = self.table.lock().expect("table");
-        if let Some(i) = t.live.get(&e.ino) {
-            return i.clone();
-        }
         let inode = Arc::new(Inode {
             parent,
             what: e.what,
         });
-        t.live.insert(e.ino, inode.clone());
-        if !t.counts.contains_key(&e.ino) {
-            t.went_idle(e.ino);
+        let mut t = self.table.lock().expect("table");
+        if !t.live.contains_key(&e.ino) {
+            t.live.insert(e.ino, Kept::of(&inode));
+            if !t.counts.contains_key(&e.ino) {
+                t.went_idle(e.ino);
+            }
         }
         inode
     }
@@ -669,6 +738,11 @@ impl FsCore {
     /// Decoded directories in the tree cache.
     pub fn trees_cached(&self) -> usize {
         self.trees.lru.lock().expect("trees").len()
+    }
+
+    /// Directories decoded since the mount started (tree cache misses).
+    pub fn trees_decoded(&self) -> u64 {
+        self.trees.decoded.load(Ordering::Relaxed)
     }
 
     /// Bytes of decoded chunks held in memory.
@@ -976,7 +1050,11 @@ impl FsCore {
                     .map(|(i, n)| {
                         let what = What::Node {
                             rev: *rev,
-                            node: NodeRef::InTree(nodes.clone(), i),
+                            node: NodeRef::InTree {
+                                nodes: nodes.clone(),
+                                tree,
+                                i,
+                            },
                         };
                         self.child(ino, n.name.clone(), n.kind, what)
                     })

@@ -276,7 +276,15 @@ impl Repository {
         index_name: &str,
     ) -> Result<Self> {
         let cache_dir = cache_root.join(&config.id);
-        let index = Index::open(&cache_dir.join(index_name))?;
+        // The main index serves backups, which look the same blocks up again
+        // and again. Another one serves a mount, which looks each blob up
+        // once per read and keeps decoded data in its own caches above.
+        let block_cache = if index_name == "index" {
+            8 << 20
+        } else {
+            2 << 20
+        };
+        let index = Index::open(&cache_dir.join(index_name), block_cache)?;
         // The tier rules live in TierSet: a single tier becomes a set of one.
         let store: Box<dyn Tier> = if store.as_set().is_some() {
             store
