@@ -30,7 +30,7 @@ run_tool() {
   local deadline=$((SECONDS + 300))
   until ls "$inside" >/dev/null 2>&1; do
     (( SECONDS < deadline )) || { echo "$name: mount did not come up" >&2; cat "$B/$name.mount.log" >&2; exit 1; }
-    sleep 0.05
+    sleep 0.01
   done
   R[$name.first]=$(python3 -c "print(f'{$(now) - $t0:.2f}')")
   step() { local key=$1; shift; drop; local s; s=$(now); timeout 600 "$@" >/dev/null 2>&1; R[$name.$key]=$(python3 -c "print(f'{$(now) - $s:.2f}')"); }

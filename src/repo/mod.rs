@@ -126,6 +126,54 @@ fn entries_fit(p: &indexfile::PackIndex) -> bool {
         .all(|b| u64::from(b.offset) + u64::from(b.stored_len) <= p.pack_len)
 }
 
+/// Opens the local index `index_name` of the repository `config` names.
+fn open_index(cache_root: &Path, config: &RepoConfig, index_name: &str) -> Result<Index> {
+    // The main index serves backups, which look the same blocks up again
+    // and again. Another one serves a mount, which looks each blob up once
+    // per read and keeps decoded data in its own caches above.
+    let block_cache = if index_name == "index" {
+        8 << 20
+    } else {
+        2 << 20
+    };
+    let path = cache_root.join(&config.id).join(index_name);
+    Ok(Index::open(&path, block_cache)?)
+}
+
+/// The repository's keys, from the first key file `pw` opens.
+fn unlock(
+    key_files: &[(String, KeyFile)],
+    pw: Option<&[u8]>,
+    config: &RepoConfig,
+    loc: &str,
+) -> Result<Keys> {
+    let mut last_err = None;
+    for (name, kf) in key_files {
+        match kf.unwrap_master(pw) {
+            Ok(Some(master)) => {
+                // Encryption follows the key, never the unauthenticated
+                // config alone: a tampered config cannot turn it off.
+                let encrypted = kf.needs_password();
+                if encrypted != (config.encryption != "none") {
+                    return Err(RepoError::Corrupt {
+                        object: format!("{loc}/config"),
+                        err: FormatError::Invalid("config and key file disagree about encryption"),
+                    });
+                }
+                return Ok(Keys::from_master(master, encrypted));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                last_err = Some(RepoError::Corrupt {
+                    object: name.clone(),
+                    err: e,
+                })
+            }
+        }
+    }
+    Err(last_err.unwrap_or_else(|| RepoError::WrongPassword(loc.to_string())))
+}
+
 fn format_err(object: String) -> impl FnOnce(FormatError) -> RepoError {
     move |err| RepoError::Corrupt { object, err }
 }
@@ -172,7 +220,8 @@ impl Repository {
             names::CONFIG,
             &serde_json::to_vec_pretty(&config).expect("config serializes"),
         )?;
-        let repo = Self::finish_open(store, keys, config, cache_root, "index")?;
+        let index = open_index(cache_root, &config, "index")?;
+        let repo = Self::finish_open(store, keys, config, cache_root, index)?;
         // Every tier starts at revision 1, written by this installation.
         repo.begin_write(false)?;
         Ok(repo)
@@ -238,34 +287,15 @@ impl Repository {
         } else {
             None
         };
-        let mut last_err = None;
-        for (name, kf) in &key_files {
-            match kf.unwrap_master(pw.as_deref()) {
-                Ok(Some(master)) => {
-                    // Encryption follows the key, never the unauthenticated
-                    // config alone: a tampered config cannot turn it off.
-                    let encrypted = kf.needs_password();
-                    if encrypted != (config.encryption != "none") {
-                        return Err(RepoError::Corrupt {
-                            object: format!("{loc}/config"),
-                            err: FormatError::Invalid(
-                                "config and key file disagree about encryption",
-                            ),
-                        });
-                    }
-                    let keys = Keys::from_master(master, encrypted);
-                    return Self::finish_open(store, keys, config, cache_root, index_name);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    last_err = Some(RepoError::Corrupt {
-                        object: name.clone(),
-                        err: e,
-                    })
-                }
-            }
-        }
-        Err(last_err.unwrap_or(RepoError::WrongPassword(loc)))
+        // The local index opens while the password is stretched: on a cold
+        // start each takes tens of milliseconds, and the first mostly waits
+        // for the disk while the second keeps the cores busy.
+        let (keys, index) = std::thread::scope(|sc| {
+            let index = sc.spawn(|| open_index(cache_root, &config, index_name));
+            let keys = unlock(&key_files, pw.as_deref(), &config, &loc);
+            (keys, index.join().expect("opening the index panicked"))
+        });
+        Self::finish_open(store, keys?, config, cache_root, index?)
     }
 
     fn finish_open(
@@ -273,18 +303,9 @@ impl Repository {
         keys: Keys,
         config: RepoConfig,
         cache_root: &Path,
-        index_name: &str,
+        index: Index,
     ) -> Result<Self> {
         let cache_dir = cache_root.join(&config.id);
-        // The main index serves backups, which look the same blocks up again
-        // and again. Another one serves a mount, which looks each blob up
-        // once per read and keeps decoded data in its own caches above.
-        let block_cache = if index_name == "index" {
-            8 << 20
-        } else {
-            2 << 20
-        };
-        let index = Index::open(&cache_dir.join(index_name), block_cache)?;
         // The tier rules live in TierSet: a single tier becomes a set of one.
         let store: Box<dyn Tier> = if store.as_set().is_some() {
             store
