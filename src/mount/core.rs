@@ -176,6 +176,61 @@ struct Inode {
     what: What,
 }
 
+/// Where what an inode shows is, as far as memory has it (`inode_now`).
+enum Now {
+    Here(Arc<Inode>),
+    /// An entry of a directory whose decoded tree was evicted.
+    TreeEvicted(TreeSlot),
+    /// Dropped from the table: decoded again from its parent (the number).
+    Dropped(u64),
+    /// A number never given.
+    Unknown,
+}
+
+/// An entry of a revision by its directory's tree id and its index there.
+struct TreeSlot {
+    parent: u64,
+    rev: BlobId,
+    tree: BlobId,
+    i: usize,
+    nodes: Option<Arc<Vec<Node>>>,
+}
+
+impl TreeSlot {
+    fn rebuild(&self, nodes: Arc<Vec<Node>>) -> FsResult<Arc<Inode>> {
+        if self.i >= nodes.len() {
+            return Err(FsError::NotFound);
+        }
+        Ok(Arc::new(Inode {
+            parent: self.parent,
+            what: What::Node {
+                rev: self.rev,
+                node: NodeRef::InTree {
+                    nodes,
+                    tree: self.tree,
+                    i: self.i,
+                },
+            },
+        }))
+    }
+}
+
+fn xattrs_of(inode: &Inode) -> Vec<(Vec<u8>, Vec<u8>)> {
+    match &inode.what {
+        What::Node { node, .. } => node.meta.xattrs.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// The value of xattr `name`, or ENODATA.
+pub fn find_xattr(xattrs: Vec<(Vec<u8>, Vec<u8>)>, name: &[u8]) -> FsResult<Vec<u8>> {
+    xattrs
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+        .ok_or(FsError::NoAttr)
+}
+
 /// What the inode table keeps of a decoded inode. An entry of a revision
 /// keeps its tree only weakly, so the kernel holding thousands of entries
 /// does not pin their directories: the tree LRU alone bounds decoded trees,
@@ -292,6 +347,15 @@ struct Revs {
     refreshing: bool,
 }
 
+impl Revs {
+    /// Whether `list` may be used without reading storage: it is fresh, or
+    /// another thread is refreshing it.
+    fn usable(&self) -> bool {
+        let fresh = self.at.is_some_and(|t| t.elapsed() < REFRESH);
+        self.at.is_some() && (fresh || self.refreshing)
+    }
+}
+
 /// A chunk being fetched by one thread; others wanting it wait here.
 #[derive(Default)]
 struct Pending {
@@ -378,6 +442,10 @@ struct Trees {
 impl Trees {
     fn contains(&self, id: &BlobId) -> bool {
         self.lru.lock().expect("trees").contains(id)
+    }
+
+    fn cached(&self, id: &BlobId) -> Option<Arc<Vec<Node>>> {
+        self.lru.lock().expect("trees").get(id)
     }
 
     fn get(&self, id: &BlobId) -> FsResult<Arc<Vec<Node>>> {
@@ -636,38 +704,62 @@ impl FsCore {
     /// What `ino` shows, decoded again from its parent's tree if it was
     /// dropped, or from its own tree's id if only that tree was evicted.
     fn inode(&self, ino: u64) -> FsResult<Arc<Inode>> {
-        let (parent, rev, tree, i, nodes) = {
-            let t = self.table.lock().expect("table");
-            match t.live.get(&ino) {
-                Some(Kept::Whole(inode)) => return Ok(inode.clone()),
-                Some(Kept::InTree {
-                    parent,
-                    rev,
-                    tree,
-                    i,
-                    nodes,
-                }) => (*parent, *rev, *tree, *i, nodes.upgrade()),
-                None => {
-                    let parent = t.names.get(&ino).ok_or(FsError::NotFound)?.0;
-                    drop(t);
-                    return self.inode_from_parent(ino, parent);
+        match self.inode_now(ino) {
+            Now::Here(inode) => Ok(inode),
+            Now::TreeEvicted(k) => k.rebuild(self.tree(&k.tree)?),
+            Now::Dropped(parent) => self.inode_from_parent(ino, parent),
+            Now::Unknown => Err(FsError::NotFound),
+        }
+    }
+
+    /// What `ino` shows, as far as memory has it.
+    fn inode_now(&self, ino: u64) -> Now {
+        let t = self.table.lock().expect("table");
+        let k = match t.live.get(&ino) {
+            Some(Kept::Whole(inode)) => return Now::Here(inode.clone()),
+            Some(Kept::InTree {
+                parent,
+                rev,
+                tree,
+                i,
+                nodes,
+            }) => TreeSlot {
+                parent: *parent,
+                rev: *rev,
+                tree: *tree,
+                i: *i,
+                nodes: nodes.upgrade(),
+            },
+            None => {
+                return match t.names.get(&ino) {
+                    Some((parent, _)) => Now::Dropped(*parent),
+                    None => Now::Unknown,
                 }
             }
         };
-        let nodes = match nodes {
-            Some(n) => n,
-            None => self.tree(&tree)?,
-        };
-        if i >= nodes.len() {
-            return Err(FsError::NotFound);
-        }
-        Ok(Arc::new(Inode {
-            parent,
-            what: What::Node {
-                rev,
-                node: NodeRef::InTree { nodes, tree, i },
+        drop(t);
+        match k.nodes.clone().or_else(|| self.trees.cached(&k.tree)) {
+            Some(nodes) => match k.rebuild(nodes) {
+                Ok(inode) => Now::Here(inode),
+                Err(_) => Now::Unknown,
             },
-        }))
+            None => Now::TreeEvicted(k),
+        }
+    }
+
+    /// Answers with `f` if what `ino` shows is in memory; None when that
+    /// would wait on storage (a directory to decode again, or the revision
+    /// list to refresh for `latest`), so the caller can hand it to a worker.
+    fn now<T>(&self, ino: u64, f: impl FnOnce(&Inode) -> FsResult<T>) -> Option<FsResult<T>> {
+        let inode = match self.inode_now(ino) {
+            Now::Here(inode) => inode,
+            Now::Unknown => return Some(Err(FsError::NotFound)),
+            Now::TreeEvicted(_) | Now::Dropped(_) => return None,
+        };
+        if matches!(inode.what, What::Latest) && !self.revs.lock().expect("revs").usable() {
+            return None;
+        }
+        Some(f(&inode))
     }
 
     fn inode_from_parent(&self, ino: u64, parent: u64) -> FsResult<Arc<Inode>> {
@@ -804,8 +896,7 @@ impl FsCore {
     fn revisions(&self) -> FsResult<Vec<RevInfo>> {
         {
             let mut r = self.revs.lock().expect("revs");
-            let fresh = r.at.is_some_and(|t| t.elapsed() < REFRESH);
-            if fresh || (r.refreshing && r.at.is_some()) {
+            if r.usable() {
                 return Ok(r.list.clone());
             }
             r.refreshing = true;
@@ -1085,6 +1176,11 @@ impl FsCore {
         self.attr(ino, &self.inode(ino)?.what)
     }
 
+    /// `getattr` from memory alone, or None (see `now`).
+    pub fn getattr_now(&self, ino: u64) -> Option<FsResult<Attr>> {
+        self.now(ino, |i| self.attr(ino, &i.what))
+    }
+
     /// The attributes of a listed entry, without the inode table.
     pub fn entry_attr(&self, e: &Entry) -> FsResult<Attr> {
         self.attr(e.ino, &e.what)
@@ -1164,7 +1260,16 @@ impl FsCore {
     }
 
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
-        match &self.inode(ino)?.what {
+        self.link_of(&*self.inode(ino)?)
+    }
+
+    /// `readlink` from memory alone, or None (see `now`).
+    pub fn readlink_now(&self, ino: u64) -> Option<FsResult<Vec<u8>>> {
+        self.now(ino, |i| self.link_of(i))
+    }
+
+    fn link_of(&self, inode: &Inode) -> FsResult<Vec<u8>> {
+        match &inode.what {
             What::Latest => self.latest_target(),
             What::Link(t) => Ok(t.clone()),
             What::Node { node, .. } => match &node.body {
@@ -1176,18 +1281,16 @@ impl FsCore {
     }
 
     pub fn xattrs(&self, ino: u64) -> FsResult<Vec<(Vec<u8>, Vec<u8>)>> {
-        Ok(match &self.inode(ino)?.what {
-            What::Node { node, .. } => node.meta.xattrs.clone(),
-            _ => Vec::new(),
-        })
+        Ok(xattrs_of(&*self.inode(ino)?))
+    }
+
+    /// `xattrs` from memory alone, or None (see `now`).
+    pub fn xattrs_now(&self, ino: u64) -> Option<FsResult<Vec<(Vec<u8>, Vec<u8>)>>> {
+        self.now(ino, |i| Ok(xattrs_of(i)))
     }
 
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
-        self.xattrs(ino)?
-            .into_iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v)
-            .ok_or(FsError::NoAttr)
+        find_xattr(self.xattrs(ino)?, name)
     }
 
     /// Opens a regular file; returns a handle for `read` and `seek`.

@@ -2,11 +2,12 @@
 //! the error to its errno. Nothing here panics.
 //!
 //! Requests that may wait on storage (lookups, opening a directory, reads
-//! whose chunks are not in memory) are handed to a pool of workers, which
-//! reply when done; the kernel-facing threads answer everything else from
-//! memory and are never blocked by a slow tier.
+//! whose chunks are not in memory, seeks, and attributes, xattrs or link
+//! targets whose directory is no longer decoded) are handed to a pool of
+//! workers, which reply when done; the kernel-facing threads answer
+//! everything else from memory and are never blocked by a slow tier.
 
-use super::core::{Attr, FsCore, FsError, LATEST};
+use super::core::{Attr, FsCore, FsError};
 use crate::format::tree::{NodeKind, Timestamp};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -23,6 +24,19 @@ const TTL_STATIC: Duration = Duration::from_secs(300);
 const TTL_LIVE: Duration = Duration::from_secs(1);
 
 type Job = Box<dyn FnOnce() + Send>;
+type Xattrs = Result<Vec<(Vec<u8>, Vec<u8>)>, FsError>;
+
+/// Replies with `v`, or its size when `size` is 0 (the caller asks how
+/// big a buffer to pass), or ERANGE when it does not fit.
+fn reply_sized(reply: ReplyXattr, v: &[u8], size: u32) {
+    if size == 0 {
+        reply.size(v.len() as u32)
+    } else if v.len() <= size as usize {
+        reply.data(v)
+    } else {
+        reply.error(Errno::from_i32(libc::ERANGE))
+    }
+}
 
 pub struct FuseFs {
     core: Arc<FsCore>,
@@ -46,6 +60,20 @@ impl FuseFs {
             core,
             jobs,
             no_open: false,
+        }
+    }
+
+    /// Answers with the xattrs of `ino`: here when they are in memory, else
+    /// on a worker.
+    fn with_xattrs(
+        &self,
+        ino: INodeNo,
+        reply: ReplyXattr,
+        answer: impl FnOnce(Xattrs, ReplyXattr) + Send + 'static,
+    ) {
+        match self.core.xattrs_now(ino.0) {
+            Some(x) => answer(x, reply),
+            None => self.spawn(move |core| answer(core.xattrs(ino.0), reply)),
         }
     }
 
@@ -185,22 +213,24 @@ impl Filesystem for FuseFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.core.getattr(ino.0) {
+        let answer = |r: Result<Attr, FsError>, reply: ReplyAttr| match r {
             Ok(a) => reply.attr(&ttl(&a), &attr(&a)),
             Err(e) => reply.error(errno(&e)),
+        };
+        match self.core.getattr_now(ino.0) {
+            Some(r) => answer(r, reply),
+            None => self.spawn(move |core| answer(core.getattr(ino.0), reply)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let answer = move |core: &FsCore| match core.readlink(ino.0) {
+        let answer = |r: Result<Vec<u8>, FsError>, reply: ReplyData| match r {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(&e)),
         };
-        // `latest` may refresh the revision list from storage.
-        if ino.0 == LATEST {
-            self.spawn(answer);
-        } else {
-            answer(&self.core);
+        match self.core.readlink_now(ino.0) {
+            Some(r) => answer(r, reply),
+            None => self.spawn(move |core| answer(core.readlink(ino.0), reply)),
         }
     }
 
@@ -339,32 +369,29 @@ impl Filesystem for FuseFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.core.getxattr(ino.0, name.as_bytes()) {
-            Ok(v) if size == 0 => reply.size(v.len() as u32),
-            Ok(v) if v.len() <= size as usize => reply.data(&v),
-            Ok(_) => reply.error(Errno::from_i32(libc::ERANGE)),
+        let name = name.as_bytes().to_vec();
+        let answer = move |x: Xattrs, reply: ReplyXattr| match x
+            .and_then(|x| super::core::find_xattr(x, &name))
+        {
+            Ok(v) => reply_sized(reply, &v, size),
             Err(e) => reply.error(errno(&e)),
-        }
+        };
+        self.with_xattrs(ino, reply, answer);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.core.xattrs(ino.0) {
+        let answer = move |x: Xattrs, reply: ReplyXattr| match x {
             Ok(x) => {
                 let mut buf = Vec::new();
                 for (k, _) in x {
                     buf.extend_from_slice(&k);
                     buf.push(0);
                 }
-                if size == 0 {
-                    reply.size(buf.len() as u32)
-                } else if buf.len() <= size as usize {
-                    reply.data(&buf)
-                } else {
-                    reply.error(Errno::from_i32(libc::ERANGE))
-                }
+                reply_sized(reply, &buf, size)
             }
             Err(e) => reply.error(errno(&e)),
-        }
+        };
+        self.with_xattrs(ino, reply, answer);
     }
 
     fn lseek(
@@ -380,9 +407,11 @@ impl Filesystem for FuseFs {
         let Ok(off) = u64::try_from(offset) else {
             return reply.error(Errno::from_i32(libc::EINVAL));
         };
-        match self.core.seek(fh.0, off, whence) {
+        // A file not read lately is opened again from its directory, which
+        // may have to be read from storage; `cp` seeks once per sparse file.
+        self.spawn(move |core| match core.seek(fh.0, off, whence) {
             Ok(o) => reply.offset(o as i64),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 }
