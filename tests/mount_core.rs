@@ -397,3 +397,41 @@ fn entries_the_kernel_holds_do_not_pin_their_directory() {
     let now = fresh.readlink_now(tiervault::mount::core::LATEST);
     assert_eq!(now.unwrap().unwrap(), target);
 }
+
+#[test]
+fn reading_files_one_after_another_decodes_the_next_ones_ahead() {
+    let fx = fixture();
+    let core = FsCore::new(reopen(&fx, "walk"), options(8 << 20));
+    let parent = walk(&core, &fx.dir.path().join("src"));
+    let ino = |i: usize| {
+        let a = core
+            .lookup(parent, format!("small-{i:02}").as_bytes())
+            .unwrap();
+        core.remember(a.ino);
+        FsCore::shared_handle(a.ino)
+    };
+    let handles: Vec<u64> = (0..40).map(ino).collect();
+    // One file read alone queues nothing.
+    assert_eq!(core.read(handles[10], 0, 100).unwrap(), b"small file 10");
+    let one = core.chunk_bytes();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(core.chunk_bytes(), one);
+    // Files read in listing order: the ones after them are decoded ahead,
+    // and their first reads are answered from memory.
+    assert_eq!(core.read(handles[0], 0, 100).unwrap(), b"small file 0");
+    assert_eq!(core.read(handles[1], 0, 100).unwrap(), b"small file 1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while core.read_cached(handles[9], 0, 100).is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (cached, _) = core.read_counts();
+    for i in 2..10 {
+        let got = core.read_cached(handles[i], 0, 100);
+        assert_eq!(
+            got.as_deref(),
+            Some(format!("small file {i}").as_bytes()),
+            "small-{i:02}"
+        );
+    }
+    assert_eq!(core.read_counts().0, cached + 8);
+}

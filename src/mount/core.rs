@@ -27,6 +27,7 @@
 //! `revisions/` is read, so a backup that finishes while the mount is up
 //! appears without remounting.
 
+use super::queue::{workers, Queue};
 use crate::format::tree::{Body, Meta, Node, NodeKind, Segment, Timestamp};
 use crate::format::BlobId;
 use crate::lru::Lru;
@@ -50,6 +51,11 @@ const FIRST_DYNAMIC: u64 = 16;
 /// Marks a handle as the shared one of an inode (`shared_handle`); handles
 /// from `open` count up from 1 and never reach it.
 const SHARED: u64 = 1 << 63;
+/// Directories followed at once by the read-ahead of the next files.
+const WALKS: usize = 64;
+/// Files read one after another in a directory may skip this many entries
+/// (subdirectories, links) and still count as a walk through it.
+const WALK_GAP: usize = 8;
 /// Memory (estimated) for the chunk lists of files read without an open:
 /// about 6,000 small files.
 const SHARED_FILES: usize = 2 << 20;
@@ -460,36 +466,6 @@ impl Trees {
     }
 }
 
-/// Starts `n` threads named `name-<i>` that run `job` on each item sent to
-/// the returned queue (of at most `bound` waiting items); they end when the
-/// queue is dropped. None if `n` is 0 or no thread could start.
-pub(crate) fn workers<T: Send + 'static>(
-    name: &str,
-    n: usize,
-    bound: usize,
-    job: impl Fn(T) + Send + Sync + 'static,
-) -> Option<(crossbeam_channel::Sender<T>, Vec<JoinHandle<()>>)> {
-    let (tx, rx) = if bound == usize::MAX {
-        crossbeam_channel::unbounded()
-    } else {
-        crossbeam_channel::bounded(bound)
-    };
-    let job = Arc::new(job);
-    let mut started = Vec::new();
-    for i in 0..n {
-        let (rx, job) = (rx.clone(), job.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("{name}-{i}"))
-            .spawn(move || {
-                for item in rx {
-                    job(item);
-                }
-            });
-        started.extend(spawned);
-    }
-    (!started.is_empty()).then_some((tx, started))
-}
-
 /// Limits of the mount's caches.
 pub struct CoreOptions {
     /// Bytes of decoded chunks kept in memory.
@@ -571,12 +547,19 @@ pub struct FsCore {
     /// Files read without an open, by inode (see `shared_handle`).
     shared: Mutex<Lru<u64, Arc<OpenFile>>>,
     dirs: Mutex<HashMap<u64, DirEntries>>,
+    /// Directories whose files are being read one after another, as `tar`,
+    /// `cp -r` or `rsync` do: tree id → (index of the file read last,
+    /// files before this index were queued for read-ahead).
+    walks: Mutex<Lru<BlobId, (usize, usize)>>,
+    /// Reads answered by `read_cached`, and by `read`.
+    reads_cached: AtomicU64,
+    reads_fetched: AtomicU64,
     next_fh: AtomicU64,
     chunks: Arc<Chunks>,
     trees: Arc<Trees>,
     read_ahead: u64,
-    ahead_tx: Option<crossbeam_channel::Sender<BlobId>>,
-    prefetch_tx: Option<crossbeam_channel::Sender<BlobId>>,
+    ahead_tx: Option<Queue<BlobId>>,
+    prefetch_tx: Option<Queue<BlobId>>,
     /// The read-ahead and prefetch threads; they hold the repository, so
     /// dropping the core ends and joins them.
     helpers: Vec<JoinHandle<()>>,
@@ -645,7 +628,7 @@ impl FsCore {
         });
         // A failure in either is reported to the reader that needs the data.
         let mut helpers = Vec::new();
-        let mut keep = |w: Option<(crossbeam_channel::Sender<BlobId>, Vec<JoinHandle<()>>)>| {
+        let mut keep = |w: Option<(Queue<BlobId>, Vec<JoinHandle<()>>)>| {
             w.map(|(tx, threads)| {
                 helpers.extend(threads);
                 tx
@@ -688,6 +671,9 @@ impl FsCore {
             files: Mutex::new(HashMap::new()),
             shared: Mutex::new(Lru::new(SHARED_FILES)),
             dirs: Mutex::new(HashMap::new()),
+            walks: Mutex::new(Lru::new(WALKS)),
+            reads_cached: AtomicU64::new(0),
+            reads_fetched: AtomicU64::new(0),
             next_fh: AtomicU64::new(1),
             trees,
             read_ahead: opts.read_ahead,
@@ -865,7 +851,7 @@ impl FsCore {
         for e in entries {
             if let What::Node { node, .. } = &e.what {
                 if let Body::Dir(t) = &node.body {
-                    if !self.trees.contains(t) && tx.try_send(*t).is_err() {
+                    if !self.trees.contains(t) && tx.push(*t).is_err() {
                         return;
                     }
                 }
@@ -1409,9 +1395,22 @@ impl FsCore {
     /// memory, without touching storage; `None` otherwise.
     pub fn read_cached(&self, fh: u64, offset: u64, size: usize) -> Option<Vec<u8>> {
         let f = self.file(fh).ok()?;
-        self.read_with(&f, offset, size, |id| Ok(self.chunks.cached(id)))
+        let got = self
+            .read_with(&f, offset, size, |id| Ok(self.chunks.cached(id)))
             .ok()
-            .flatten()
+            .flatten();
+        if got.is_some() {
+            self.reads_cached.fetch_add(1, Ordering::Relaxed);
+        }
+        got
+    }
+
+    /// Reads answered from memory (`read_cached`), and by `read`.
+    pub fn read_counts(&self) -> (u64, u64) {
+        (
+            self.reads_cached.load(Ordering::Relaxed),
+            self.reads_fetched.load(Ordering::Relaxed),
+        )
     }
 
     /// Queues the chunks after `last` for read-ahead when `f` is read
@@ -1421,6 +1420,9 @@ impl FsCore {
         let prev = f.last_end.swap(end, Ordering::Relaxed);
         // Concurrent kernel read-ahead requests arrive slightly out of order.
         let restart = offset == 0;
+        if restart {
+            self.next_files_ahead(f.ino, tx);
+        }
         let sequential = restart || offset.abs_diff(prev) <= 1 << 20;
         if !sequential || restart {
             // A new pass (the shared handle of a file outlives each open):
@@ -1435,7 +1437,7 @@ impl FsCore {
         while i < f.segments.len() && f.starts[i] < until {
             if let Segment::Data { id, .. } = &f.segments[i] {
                 if !self.chunks.lru.lock().expect("chunks").contains(id) {
-                    let _ = tx.send(*id);
+                    let _ = tx.push(*id);
                 }
             }
             i += 1;
@@ -1443,11 +1445,69 @@ impl FsCore {
         f.ahead.fetch_max(i, Ordering::Relaxed);
     }
 
+    /// When files of one directory are read one after another (a file's
+    /// first read follows that of a sibling shortly before it in listing
+    /// order), queues the chunks of the files after it for read-ahead, up
+    /// to the read-ahead window in bytes. A walker of many small files then
+    /// finds each one's data decoded, and its reads are answered on the
+    /// kernel-facing thread, without a hand-off to a worker per file.
+    /// Memory only: nothing is queued for an entry whose directory is not
+    /// decoded.
+    fn next_files_ahead(&self, ino: u64, tx: &Queue<BlobId>) {
+        let Now::Here(inode) = self.inode_now(ino) else {
+            return;
+        };
+        let What::Node {
+            node: NodeRef::InTree { nodes, tree, i },
+            ..
+        } = &inode.what
+        else {
+            return;
+        };
+        let (tree, i) = (*tree, *i);
+        let queued = {
+            let mut w = self.walks.lock().expect("walks");
+            let (last, queued) = w.get(&tree).unwrap_or((usize::MAX, 0));
+            if last == i {
+                return;
+            }
+            let walking = last < i && i - last <= WALK_GAP;
+            // A new walk: what an earlier one queued may be gone by now.
+            let queued = if walking { queued } else { 0 };
+            w.put(tree, (i, queued), 1);
+            if !walking {
+                return;
+            }
+            queued
+        };
+        let mut bytes = 0;
+        let mut j = i + 1;
+        while j < nodes.len() && bytes < self.read_ahead {
+            for s in nodes[j].segments() {
+                if bytes >= self.read_ahead {
+                    break;
+                }
+                if let Segment::Data { id, .. } = s {
+                    if j >= queued && !self.chunks.lru.lock().expect("chunks").contains(id) {
+                        let _ = tx.push(*id);
+                    }
+                }
+                bytes += s.len();
+            }
+            j += 1;
+        }
+        let mut w = self.walks.lock().expect("walks");
+        if let Some((last, q)) = w.get(&tree) {
+            w.put(tree, (last, q.max(j)), 1);
+        }
+    }
+
     /// Reads up to `size` bytes at `offset`; holes read as zeros. A chunk
     /// that cannot be read or verified fails this read only, and is logged
     /// with the file's path.
     pub fn read(&self, fh: u64, offset: u64, size: usize) -> FsResult<Vec<u8>> {
         let f = self.file(fh)?;
+        self.reads_fetched.fetch_add(1, Ordering::Relaxed);
         let out = self.read_with(&f, offset, size, |id| self.chunks.get(id).map(Some))?;
         Ok(out.expect("a fetching read has every chunk"))
     }

@@ -8,6 +8,7 @@
 //! everything else from memory and are never blocked by a slow tier.
 
 use super::core::{Attr, FsCore, FsError};
+use super::queue::Queue;
 use crate::format::tree::{NodeKind, Timestamp};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -40,7 +41,7 @@ fn reply_sized(reply: ReplyXattr, v: &[u8], size: u32) {
 
 pub struct FuseFs {
     core: Arc<FsCore>,
-    jobs: crossbeam_channel::Sender<Job>,
+    jobs: Option<Queue<Job>>,
     /// The kernel opens files without asking (FUSE_NO_OPEN_SUPPORT).
     no_open: bool,
 }
@@ -50,12 +51,13 @@ impl FuseFs {
     /// may wait on storage.
     pub fn new(core: Arc<FsCore>, workers: usize) -> Self {
         // Not joined: the process ends without waiting for a slow tier.
-        let jobs = super::core::workers("mount-worker", workers, usize::MAX, |job: Job| job())
-            .map(|(tx, _)| tx)
-            .unwrap_or_else(|| {
-                eprintln!("tiervault mount: cannot start worker threads; answering on the kernel-facing ones");
-                crossbeam_channel::unbounded().0
-            });
+        let jobs = super::queue::workers("mount-worker", workers, usize::MAX, |job: Job| job())
+            .map(|(tx, _)| tx);
+        if jobs.is_none() {
+            eprintln!(
+                "tiervault mount: cannot start worker threads; answering on the kernel-facing ones"
+            );
+        }
         Self {
             core,
             jobs,
@@ -82,8 +84,14 @@ impl FuseFs {
     fn spawn(&self, job: impl FnOnce(&FsCore) + Send + 'static) {
         self.core.touch();
         let core = self.core.clone();
-        if let Err(back) = self.jobs.send(Box::new(move || job(&core))) {
-            (back.0)();
+        let job: Job = Box::new(move || job(&core));
+        match &self.jobs {
+            Some(q) => {
+                if let Err(back) = q.push(job) {
+                    back();
+                }
+            }
+            None => job(),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod core;
 mod fuse;
+mod queue;
 
 use crate::repo::Repository;
 use std::path::Path;
