@@ -103,6 +103,9 @@ impl FsError {
 
 pub type FsResult<T> = Result<T, FsError>;
 
+/// Extended attributes as (name, value) pairs.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// What an inode shows.
 #[derive(Debug, Clone)]
 enum What {
@@ -221,7 +224,7 @@ impl TreeSlot {
     }
 }
 
-fn xattrs_of(inode: &Inode) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn xattrs_of(inode: &Inode) -> Xattrs {
     match &inode.what {
         What::Node { node, .. } => node.meta.xattrs.clone(),
         _ => Vec::new(),
@@ -229,7 +232,7 @@ fn xattrs_of(inode: &Inode) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 /// The value of xattr `name`, or ENODATA.
-pub fn find_xattr(xattrs: Vec<(Vec<u8>, Vec<u8>)>, name: &[u8]) -> FsResult<Vec<u8>> {
+pub fn find_xattr(xattrs: Xattrs, name: &[u8]) -> FsResult<Vec<u8>> {
     xattrs
         .into_iter()
         .find(|(k, _)| k == name)
@@ -765,8 +768,9 @@ impl FsCore {
             what: e.what,
         });
         let mut t = self.table.lock().expect("table");
-        if !t.live.contains_key(&e.ino) {
-            t.live.insert(e.ino, Kept::of(&inode));
+        let t = &mut *t;
+        if let std::collections::hash_map::Entry::Vacant(v) = t.live.entry(e.ino) {
+            v.insert(Kept::of(&inode));
             if !t.counts.contains_key(&e.ino) {
                 t.went_idle(e.ino);
             }
@@ -1266,12 +1270,12 @@ impl FsCore {
         }
     }
 
-    pub fn xattrs(&self, ino: u64) -> FsResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    pub fn xattrs(&self, ino: u64) -> FsResult<Xattrs> {
         Ok(xattrs_of(&*self.inode(ino)?))
     }
 
     /// `xattrs` from memory alone, or None (see `now`).
-    pub fn xattrs_now(&self, ino: u64) -> Option<FsResult<Vec<(Vec<u8>, Vec<u8>)>>> {
+    pub fn xattrs_now(&self, ino: u64) -> Option<FsResult<Xattrs>> {
         self.now(ino, |i| Ok(xattrs_of(i)))
     }
 

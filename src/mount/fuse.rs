@@ -7,7 +7,7 @@
 //! workers, which reply when done; the kernel-facing threads answer
 //! everything else from memory and are never blocked by a slow tier.
 
-use super::core::{Attr, FsCore, FsError};
+use super::core::{Attr, FsCore, FsError, Xattrs};
 use super::queue::Queue;
 use crate::format::tree::{NodeKind, Timestamp};
 use fuser::{
@@ -25,7 +25,7 @@ const TTL_STATIC: Duration = Duration::from_secs(300);
 const TTL_LIVE: Duration = Duration::from_secs(1);
 
 type Job = Box<dyn FnOnce() + Send>;
-type Xattrs = Result<Vec<(Vec<u8>, Vec<u8>)>, FsError>;
+type XattrsResult = Result<Xattrs, FsError>;
 
 /// Replies with `v`, or its size when `size` is 0 (the caller asks how
 /// big a buffer to pass), or ERANGE when it does not fit.
@@ -71,7 +71,7 @@ impl FuseFs {
         &self,
         ino: INodeNo,
         reply: ReplyXattr,
-        answer: impl FnOnce(Xattrs, ReplyXattr) + Send + 'static,
+        answer: impl FnOnce(XattrsResult, ReplyXattr) + Send + 'static,
     ) {
         match self.core.xattrs_now(ino.0) {
             Some(x) => answer(x, reply),
@@ -378,7 +378,7 @@ impl Filesystem for FuseFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let name = name.as_bytes().to_vec();
-        let answer = move |x: Xattrs, reply: ReplyXattr| match x
+        let answer = move |x: XattrsResult, reply: ReplyXattr| match x
             .and_then(|x| super::core::find_xattr(x, &name))
         {
             Ok(v) => reply_sized(reply, &v, size),
@@ -388,7 +388,7 @@ impl Filesystem for FuseFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let answer = move |x: Xattrs, reply: ReplyXattr| match x {
+        let answer = move |x: XattrsResult, reply: ReplyXattr| match x {
             Ok(x) => {
                 let mut buf = Vec::new();
                 for (k, _) in x {
