@@ -148,7 +148,8 @@ fn sftp_and_s3_tiers_each_hold_a_complete_copy() {
     assert!(s3.dir("vault").join("config").exists());
     // Every command closed its SFTP connection: no `ssh` master process
     // is left behind for this server. A master told to exit by the last
-    // command may take a moment to go.
+    // command may take a while to go while the other tests load the
+    // machine.
     let port = format!("-p {} ", sshd.port);
     let masters = || -> Vec<String> {
         std::fs::read_dir("/proc")
@@ -159,7 +160,7 @@ fn sftp_and_s3_tiers_each_hold_a_complete_copy() {
             .filter(|c| c.starts_with("ssh ") && c.contains(&port))
             .collect()
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut left = masters();
     while !left.is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));

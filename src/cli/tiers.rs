@@ -7,7 +7,9 @@ use tiervault::human_bytes;
 pub fn tiers(s: &Settings, a: &super::args::TiersArgs) -> anyhow::Result<i32> {
     let repo = s.open()?;
     let set = repo.tiers();
-    set.measure_throughput("data/", 4 << 20);
+    if let Some((pack, len)) = repo.index().some_pack()? {
+        set.measure_throughput(&tiervault::format::names::pack(&pack), len.min(4 << 20));
+    }
     let status = set.status(true);
     let lacks: Vec<Option<(u64, u64)>> = status
         .iter()

@@ -231,6 +231,24 @@ impl Index {
         self.write(b)
     }
 
+    /// One pack the local index knows, with its length.
+    pub fn some_pack(&self) -> Result<Option<(BlobId, u64)>, IndexError> {
+        let Some(item) = self
+            .db
+            .iterator_cf(self.cf("packs"), IteratorMode::Start)
+            .next()
+        else {
+            return Ok(None);
+        };
+        let (k, _) = item.map_err(|e| self.rerr(e))?;
+        let id = BlobId(
+            k.as_ref()
+                .try_into()
+                .map_err(|_| FormatError::Invalid("pack key length"))?,
+        );
+        Ok(self.pack_len(&id)?.map(|len| (id, len)))
+    }
+
     /// Every pack the local index knows.
     pub fn packs(&self) -> Result<Vec<BlobId>, IndexError> {
         let mut out = Vec::new();

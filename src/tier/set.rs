@@ -740,22 +740,17 @@ impl TierSet {
             .collect()
     }
 
-    /// Measures throughput on each online tier by reading up to `bytes` of
-    /// the largest object under `prefix`.
-    pub fn measure_throughput(&self, prefix: &str, bytes: u64) {
+    /// Measures throughput on each online tier by reading the first `bytes`
+    /// of the object `key` (a pack the local index knows: listing a tier to
+    /// find one would cost as much as the repository is large). A tier that
+    /// lacks it is not measured.
+    pub fn measure_throughput(&self, key: &str, bytes: u64) {
         for (i, m) in self.members.iter().enumerate() {
             if !self.state(i).online {
                 continue;
             }
-            let Ok(objs) = m.tier.list(prefix) else {
-                continue;
-            };
-            let Some(o) = objs.iter().max_by_key(|o| o.size) else {
-                continue;
-            };
-            let n = o.size.min(bytes);
             let t = Instant::now();
-            if let Ok(b) = m.tier.get_range(&o.key, 0, n) {
+            if let Ok(b) = m.tier.get_range(key, 0, bytes) {
                 self.measure(i, b.len(), t.elapsed());
             }
         }
