@@ -370,6 +370,9 @@ fn entries_the_kernel_holds_do_not_pin_their_directory() {
     // answer: the kernel-facing thread hands such a request to a worker.
     assert!(core.getattr_now(a.ino).is_none());
     assert!(core.xattrs_now(a.ino).is_none());
+    assert!(core
+        .read_cached(FsCore::shared_handle(a.ino), 0, 100)
+        .is_none());
     assert_eq!(core.trees_decoded(), before);
     assert_eq!(core.getattr(a.ino).unwrap(), a);
     assert_eq!(core.trees_decoded(), before + 1);

@@ -7,7 +7,8 @@ use tiervault::human_bytes;
 pub fn tiers(s: &Settings, a: &super::args::TiersArgs) -> anyhow::Result<i32> {
     let repo = s.open()?;
     let set = repo.tiers();
-    if let Some((pack, len)) = repo.index().some_pack()? {
+    // Best effort: without a known pack, throughput shows once reads measure it.
+    if let Ok(Some((pack, len))) = repo.index().some_pack() {
         set.measure_throughput(&tiervault::format::names::pack(&pack), len.min(4 << 20));
     }
     let status = set.status(true);

@@ -231,22 +231,28 @@ impl Index {
         self.write(b)
     }
 
-    /// One pack the local index knows, with its length.
+    /// A pack the local index knows, with its length: the largest of the
+    /// first few (a small pack of trees would not show throughput).
     pub fn some_pack(&self) -> Result<Option<(BlobId, u64)>, IndexError> {
-        let Some(item) = self
+        let mut best: Option<(BlobId, u64)> = None;
+        for item in self
             .db
             .iterator_cf(self.cf("packs"), IteratorMode::Start)
-            .next()
-        else {
-            return Ok(None);
-        };
-        let (k, _) = item.map_err(|e| self.rerr(e))?;
-        let id = BlobId(
-            k.as_ref()
-                .try_into()
-                .map_err(|_| FormatError::Invalid("pack key length"))?,
-        );
-        Ok(self.pack_len(&id)?.map(|len| (id, len)))
+            .take(16)
+        {
+            let (k, v) = item.map_err(|e| self.rerr(e))?;
+            let (Ok(id), Some(Ok(len))) = (
+                <[u8; 32]>::try_from(k.as_ref()),
+                v.get(..8).map(<[u8; 8]>::try_from),
+            ) else {
+                continue;
+            };
+            let len = u64::from_le_bytes(len);
+            if best.is_none_or(|(_, l)| len > l) {
+                best = Some((BlobId(id), len));
+            }
+        }
+        Ok(best)
     }
 
     /// Every pack the local index knows.

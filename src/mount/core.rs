@@ -56,6 +56,8 @@ const WALKS: usize = 64;
 /// Files read one after another in a directory may skip this many entries
 /// (subdirectories, links) and still count as a walk through it.
 const WALK_GAP: usize = 8;
+/// How many entries past the one read the read-ahead of a walk looks at.
+const WALK_AHEAD: usize = 64;
 /// Memory (estimated) for the chunk lists of files read without an open:
 /// about 6,000 small files.
 const SHARED_FILES: usize = 2 << 20;
@@ -1300,7 +1302,10 @@ impl FsCore {
     }
 
     fn open_file(&self, ino: u64) -> FsResult<OpenFile> {
-        let inode = self.inode(ino)?;
+        self.open_file_of(ino, &*self.inode(ino)?)
+    }
+
+    fn open_file_of(&self, ino: u64, inode: &Inode) -> FsResult<OpenFile> {
         let What::Node { node, .. } = &inode.what else {
             return Err(FsError::IsDir);
         };
@@ -1332,23 +1337,39 @@ impl FsCore {
     }
 
     fn file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
+        self.file_in(fh, false)?.ok_or(FsError::NotFound)
+    }
+
+    /// The open file behind `fh`. With `memory_only`, None when the file's
+    /// entry would have to be decoded again from storage first.
+    fn file_in(&self, fh: u64, memory_only: bool) -> FsResult<Option<Arc<OpenFile>>> {
         if fh & SHARED != 0 {
             let ino = fh & !SHARED;
             if let Some(f) = self.shared.lock().expect("shared").get(&ino) {
-                return Ok(f);
+                return Ok(Some(f));
             }
-            let f = Arc::new(self.open_file(ino)?);
+            let inode = if memory_only {
+                match self.inode_now(ino) {
+                    Now::Here(inode) => inode,
+                    Now::Unknown => return Err(FsError::NotFound),
+                    Now::TreeEvicted(_) | Now::Dropped(_) => return Ok(None),
+                }
+            } else {
+                self.inode(ino)?
+            };
+            let f = Arc::new(self.open_file_of(ino, &inode)?);
             // The handle, its two lists and the LRU's own entry, measured
             // with heaptrack at about 330 bytes for a one-chunk file.
             let w = 280 + f.segments.len() * (std::mem::size_of::<Segment>() + 8);
             self.shared.lock().expect("shared").put(ino, f.clone(), w);
-            return Ok(f);
+            return Ok(Some(f));
         }
         self.files
             .lock()
             .expect("files")
             .get(&fh)
             .cloned()
+            .map(Some)
             .ok_or(FsError::BadHandle)
     }
 
@@ -1398,7 +1419,7 @@ impl FsCore {
     /// Reads up to `size` bytes at `offset` if every chunk it needs is in
     /// memory, without touching storage; `None` otherwise.
     pub fn read_cached(&self, fh: u64, offset: u64, size: usize) -> Option<Vec<u8>> {
-        let f = self.file(fh).ok()?;
+        let f = self.file_in(fh, true).ok()??;
         let got = self
             .read_with(&f, offset, size, |id| Ok(self.chunks.cached(id)))
             .ok()
@@ -1484,17 +1505,21 @@ impl FsCore {
             }
             queued
         };
+        // Bounded in entries too, so a directory of empty files is not
+        // scanned to its end on every read.
         let mut bytes = 0;
         let mut j = i + 1;
-        while j < nodes.len() && bytes < self.read_ahead {
+        let stop = nodes.len().min(i + 1 + WALK_AHEAD);
+        while j < stop && bytes < self.read_ahead {
             for s in nodes[j].segments() {
+                let Segment::Data { id, .. } = s else {
+                    continue;
+                };
                 if bytes >= self.read_ahead {
                     break;
                 }
-                if let Segment::Data { id, .. } = s {
-                    if j >= queued && !self.chunks.lru.lock().expect("chunks").contains(id) {
-                        let _ = tx.push(*id);
-                    }
+                if j >= queued && !self.chunks.lru.lock().expect("chunks").contains(id) {
+                    let _ = tx.push(*id);
                 }
                 bytes += s.len();
             }

@@ -1,9 +1,9 @@
 //! The `fuser` adapter: each callback calls the core and replies, or maps
 //! the error to its errno. Nothing here panics.
 //!
-//! Requests that may wait on storage (lookups, opening a directory, reads
-//! whose chunks are not in memory, seeks, and attributes, xattrs or link
-//! targets whose directory is no longer decoded) are handed to a pool of
+//! Requests that may wait on storage (lookups, opens, reads whose file or
+//! chunks are not in memory, seeks, and attributes, xattrs or link targets
+//! whose directory is no longer decoded) are handed to a pool of
 //! workers, which reply when done; the kernel-facing threads answer
 //! everything else from memory and are never blocked by a slow tier.
 
@@ -246,10 +246,11 @@ impl Filesystem for FuseFs {
         if self.no_open {
             return reply.error(Errno::ENOSYS);
         }
-        match self.core.open(ino.0) {
+        // The entry may have to be decoded again from storage.
+        self.spawn(move |core| match core.open(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn read(

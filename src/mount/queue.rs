@@ -56,9 +56,21 @@ struct Alive<T>(Arc<Shared<T>>);
 
 impl<T> Drop for Alive<T> {
     fn drop(&mut self) {
-        if let Ok(mut s) = self.0.state.lock() {
-            s.alive -= 1;
-        }
+        let orphans = match self.0.state.lock() {
+            Ok(mut s) => {
+                s.alive -= 1;
+                // The last worker gone: nothing would run what is queued.
+                // Dropped outside the lock (a FUSE job's reply then
+                // answers EIO).
+                if s.alive == 0 {
+                    std::mem::take(&mut s.items)
+                } else {
+                    VecDeque::new()
+                }
+            }
+            Err(_) => VecDeque::new(),
+        };
+        drop(orphans);
     }
 }
 
