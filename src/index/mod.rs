@@ -92,6 +92,21 @@ fn decode_loc(id: BlobId, b: &[u8]) -> Result<BlobLoc, FormatError> {
     })
 }
 
+/// A key of the `packs` table: the pack's id.
+fn pack_key(k: &[u8]) -> Result<BlobId, FormatError> {
+    Ok(BlobId(
+        k.try_into()
+            .map_err(|_| FormatError::Invalid("pack key length"))?,
+    ))
+}
+
+/// A value of the `packs` table: the pack's length, and whether an index
+/// file on the tiers covers it.
+fn pack_value(v: &[u8]) -> Option<(u64, bool)> {
+    let len = u64::from_le_bytes(v.get(..8)?.try_into().ok()?);
+    Some((len, v.get(8) == Some(&1)))
+}
+
 impl Index {
     /// Opens (or creates) the index at `path`, with `block_cache` bytes of
     /// RocksDB blocks kept in memory.
@@ -207,12 +222,7 @@ impl Index {
         let Some(v) = self.get("packs", &pack.0)? else {
             return Ok(None);
         };
-        let len = u64::from_le_bytes(
-            v.get(..8)
-                .and_then(|b| b.try_into().ok())
-                .ok_or(FormatError::Truncated)?,
-        );
-        Ok(Some((len, v.get(8) == Some(&1))))
+        Ok(Some(pack_value(&v).ok_or(FormatError::Truncated)?))
     }
 
     /// Removes packs, and the blobs they hold, from the index (a pack that
@@ -241,15 +251,11 @@ impl Index {
             .take(16)
         {
             let (k, v) = item.map_err(|e| self.rerr(e))?;
-            let (Ok(id), Some(Ok(len))) = (
-                <[u8; 32]>::try_from(k.as_ref()),
-                v.get(..8).map(<[u8; 8]>::try_from),
-            ) else {
+            let (Ok(id), Some((len, _))) = (pack_key(&k), pack_value(&v)) else {
                 continue;
             };
-            let len = u64::from_le_bytes(len);
             if best.is_none_or(|(_, l)| len > l) {
-                best = Some((BlobId(id), len));
+                best = Some((id, len));
             }
         }
         Ok(best)
@@ -260,11 +266,7 @@ impl Index {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf("packs"), IteratorMode::Start) {
             let (k, _) = item.map_err(|e| self.rerr(e))?;
-            out.push(BlobId(
-                k.as_ref()
-                    .try_into()
-                    .map_err(|_| FormatError::Invalid("pack key length"))?,
-            ));
+            out.push(pack_key(&k)?);
         }
         Ok(out)
     }

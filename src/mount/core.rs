@@ -199,12 +199,12 @@ enum Now {
 }
 
 /// An entry of a revision by its directory's tree id and its index there.
+#[derive(Clone, Copy)]
 struct TreeSlot {
     parent: u64,
     rev: BlobId,
     tree: BlobId,
     i: usize,
-    nodes: Option<Arc<Vec<Node>>>,
 }
 
 impl TreeSlot {
@@ -248,13 +248,7 @@ pub fn find_xattr(xattrs: Xattrs, name: &[u8]) -> FsResult<Vec<u8>> {
 /// and an entry whose tree was evicted is rebuilt from the tree's id.
 enum Kept {
     Whole(Arc<Inode>),
-    InTree {
-        parent: u64,
-        rev: BlobId,
-        tree: BlobId,
-        i: usize,
-        nodes: std::sync::Weak<Vec<Node>>,
-    },
+    InTree(TreeSlot, std::sync::Weak<Vec<Node>>),
 }
 
 impl Kept {
@@ -263,13 +257,15 @@ impl Kept {
             What::Node {
                 rev,
                 node: NodeRef::InTree { nodes, tree, i },
-            } => Kept::InTree {
-                parent: inode.parent,
-                rev: *rev,
-                tree: *tree,
-                i: *i,
-                nodes: Arc::downgrade(nodes),
-            },
+            } => Kept::InTree(
+                TreeSlot {
+                    parent: inode.parent,
+                    rev: *rev,
+                    tree: *tree,
+                    i: *i,
+                },
+                Arc::downgrade(nodes),
+            ),
             _ => Kept::Whole(inode.clone()),
         }
     }
@@ -706,21 +702,9 @@ impl FsCore {
     /// What `ino` shows, as far as memory has it.
     fn inode_now(&self, ino: u64) -> Now {
         let t = self.table.lock().expect("table");
-        let k = match t.live.get(&ino) {
+        let (k, nodes) = match t.live.get(&ino) {
             Some(Kept::Whole(inode)) => return Now::Here(inode.clone()),
-            Some(Kept::InTree {
-                parent,
-                rev,
-                tree,
-                i,
-                nodes,
-            }) => TreeSlot {
-                parent: *parent,
-                rev: *rev,
-                tree: *tree,
-                i: *i,
-                nodes: nodes.upgrade(),
-            },
+            Some(Kept::InTree(slot, nodes)) => (*slot, nodes.upgrade()),
             None => {
                 return match t.names.get(&ino) {
                     Some((parent, _)) => Now::Dropped(*parent),
@@ -729,7 +713,7 @@ impl FsCore {
             }
         };
         drop(t);
-        match k.nodes.clone().or_else(|| self.trees.cached(&k.tree)) {
+        match nodes.or_else(|| self.trees.cached(&k.tree)) {
             Some(nodes) => match k.rebuild(nodes) {
                 Ok(inode) => Now::Here(inode),
                 Err(_) => Now::Unknown,
@@ -742,15 +726,25 @@ impl FsCore {
     /// would wait on storage (a directory to decode again, or the revision
     /// list to refresh for `latest`), so the caller can hand it to a worker.
     fn now<T>(&self, ino: u64, f: impl FnOnce(&Inode) -> FsResult<T>) -> Option<FsResult<T>> {
-        let inode = match self.inode_now(ino) {
-            Now::Here(inode) => inode,
-            Now::Unknown => return Some(Err(FsError::NotFound)),
-            Now::TreeEvicted(_) | Now::Dropped(_) => return None,
+        let inode = match self.inode_in_memory(ino) {
+            Ok(Some(inode)) => inode,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
         };
         if matches!(inode.what, What::Latest) && !self.revs.lock().expect("revs").usable() {
             return None;
         }
         Some(f(&inode))
+    }
+
+    /// What `ino` shows if memory has it; None when it would have to be
+    /// decoded again from storage.
+    fn inode_in_memory(&self, ino: u64) -> FsResult<Option<Arc<Inode>>> {
+        match self.inode_now(ino) {
+            Now::Here(inode) => Ok(Some(inode)),
+            Now::Unknown => Err(FsError::NotFound),
+            Now::TreeEvicted(_) | Now::Dropped(_) => Ok(None),
+        }
     }
 
     fn inode_from_parent(&self, ino: u64, parent: u64) -> FsResult<Arc<Inode>> {
@@ -1349,10 +1343,9 @@ impl FsCore {
                 return Ok(Some(f));
             }
             let inode = if memory_only {
-                match self.inode_now(ino) {
-                    Now::Here(inode) => inode,
-                    Now::Unknown => return Err(FsError::NotFound),
-                    Now::TreeEvicted(_) | Now::Dropped(_) => return Ok(None),
+                match self.inode_in_memory(ino)? {
+                    Some(inode) => inode,
+                    None => return Ok(None),
                 }
             } else {
                 self.inode(ino)?
