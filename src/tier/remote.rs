@@ -41,10 +41,39 @@ fn block_on<F: std::future::Future>(fut: F) -> F::Output {
     }
 }
 
+/// Clients of dropped tiers and replaced clients (see `retire`), newest
+/// last.
+static RETIRED: std::sync::Mutex<Vec<Operator>> = std::sync::Mutex::new(Vec::new());
+
+/// How many retired clients are kept open until `shutdown`.
+const KEEP_RETIRED: usize = 8;
+
+/// Keeps a client that is no longer used open until `shutdown`, instead
+/// of closing it now.
+///
+/// Each pooled SFTP connection has an `ssh` master process and a task that
+/// owns it. Dropping the client makes the task run `ssh -O exit` and then
+/// remove the master's control directory. If the runtime stops while that
+/// `ssh` is still starting (about 50 ms), the task is cancelled after it
+/// has claimed the cleanup: the directory is removed, the command cannot
+/// reach the master, and the master outlives the process. A task cancelled
+/// *before* it starts closing runs `ssh -O exit` to completion instead. So
+/// clients are dropped only by `shutdown`, after the runtime has stopped;
+/// only the oldest of many (a mount with a flaky server) close earlier.
+fn retire(op: Operator) {
+    let mut r = RETIRED.lock().unwrap_or_else(|e| e.into_inner());
+    r.push(op);
+    if r.len() > KEEP_RETIRED {
+        r.remove(0);
+    }
+}
+
 /// Closes the remote tiers' connections before the process exits. An SFTP
 /// connection runs an `ssh` master process (with ControlPersist) and a
 /// control directory, which only the connection's own task removes: a
 /// process that exits without stopping the runtime leaves both behind.
+/// Stopping the runtime cancels each connection's task, which closes its
+/// master as it is dropped (see `retire`).
 /// Waits up to 2 s for calls in flight (the mount's worker threads may be
 /// in one); after that it leaves things as they are.
 pub fn shutdown() {
@@ -54,6 +83,13 @@ pub fn shutdown() {
             if let Some(rt) = rt.take() {
                 rt.shutdown_timeout(Duration::from_secs(5));
             }
+            // The tasks that owned the sessions are gone, and with them the
+            // masters. What is left of the retired clients would only run
+            // their (now empty) closing steps without a runtime; the process
+            // is about to exit.
+            std::mem::forget(std::mem::take(
+                &mut *RETIRED.lock().unwrap_or_else(|e| e.into_inner()),
+            ));
             return;
         }
         if Instant::now() >= deadline {
@@ -207,7 +243,8 @@ impl RemoteTier {
     /// dead, so each retry of a failed call starts from a new one.
     fn reconnect(&self) {
         if let Ok((op, _)) = build(&self.name, &self.spec) {
-            *self.op.write().expect("operator") = op;
+            let old = std::mem::replace(&mut *self.op.write().expect("operator"), op);
+            retire(old);
         }
     }
 
@@ -265,6 +302,14 @@ impl RemoteTier {
                 }
                 Err(e) => return Err(self.err(key, e)),
             }
+        }
+    }
+}
+
+impl Drop for RemoteTier {
+    fn drop(&mut self) {
+        if let Ok(op) = self.op.get_mut() {
+            retire(op.clone());
         }
     }
 }
