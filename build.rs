@@ -12,6 +12,13 @@ use std::path::PathBuf;
 
 fn main() -> std::io::Result<()> {
     println!("cargo:rerun-if-changed=src/cli/args.rs");
+    // The static librocksdb.a (ROCKSDB_STATIC in .cargo/config.toml) needs
+    // its compression libraries; given last on the linker's command line,
+    // after the archive that uses them. librocksdb-dev depends on their
+    // -dev packages, which hold these archives.
+    for lib in ["snappy", "lz4", "zstd", "bz2", "z"] {
+        println!("cargo:rustc-link-arg=-l:lib{lib}.a");
+    }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let man_dir = out.join("man");
     let comp_dir = out.join("completions");

@@ -3,10 +3,12 @@
 # repositories that scripts/bench.sh leaves behind (run that first), in one
 # run, and prints a Markdown table.
 #
-# Each step starts with a dropped page cache (when permitted): time from
-# starting the mount to the first listing of the backed-up tree, `cat` of
-# the 1 GiB file, `ls -lR` and `tar cf - | cat` of the tree, and the mount
-# process's peak RSS.
+# Each step starts with a dropped page cache (when permitted). The time from
+# starting a mount to the first listing of the backed-up tree is measured
+# BENCH_FIRST_ROUNDS times (5), the tools taking turns, and `cat` of the
+# 1 GiB file BENCH_CAT_ROUNDS times (3); the table gives medians, and the
+# samples follow it. `ls -lR` and `tar cf - | cat` of the tree run once,
+# and the mount process's peak RSS is that of the mount they ran in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
@@ -16,43 +18,72 @@ for r in tv restic borg; do
 done
 M="$B/mnt"
 mkdir -p "$M"
+FIRST_ROUNDS=${BENCH_FIRST_ROUNDS:-5}
+CAT_ROUNDS=${BENCH_CAT_ROUNDS:-3}
+TOOLS=(tiervault restic borg)
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 now() { date +%s.%N; }
-declare -A R
-# run_tool NAME INSIDE START-COMMAND...: INSIDE is the data set's path in the mount.
-run_tool() {
-  local name=$1 inside=$2; shift 2
+since() { python3 -c "print(f'{$(now) - $1:.2f}')"; }
+median() { python3 -c "import statistics, sys; print(f'{statistics.median(float(a) for a in sys.argv[1:]):.2f}')" "$@"; }
+declare -A R S
+
+rel=${DATA#/}
+archive=$(BORG_PASSPHRASE=bench BORG_BASE_DIR="$W/borg-base" borg list --short "$W/borg" | tail -n 1)
+# inside NAME: the data set's path in NAME's mount.
+inside() {
+  case $1 in
+    tiervault) echo "$M/latest/$rel" ;;
+    restic) echo "$M/snapshots/latest/$rel" ;;
+    borg) echo "$M/$rel" ;;
+  esac
+}
+# start NAME: starts NAME's mount on a dropped page cache and returns once
+# the data set lists; sets FIRST (seconds) and PID.
+start() {
+  local name=$1 vars cmd
+  case $name in
+    tiervault) vars=(TIERVAULT_PASSWORD=bench TIERVAULT_CACHE_DIR="$W/tv-cache"); cmd=("$TV" -r "$W/tv" mount "$M") ;;
+    restic) vars=(RESTIC_PASSWORD=bench RESTIC_CACHE_DIR="$W/restic-cache"); cmd=(restic -r "$W/restic" mount "$M") ;;
+    borg) vars=(BORG_PASSPHRASE=bench BORG_BASE_DIR="$W/borg-base"); cmd=(borg mount -f "$W/borg::$archive" "$M") ;;
+  esac
   fusermount3 -u -z "$M" 2>/dev/null || true
   drop
-  local t0; t0=$(now)
-  /usr/bin/time -f "%M" -o "$B/$name.rss" "$@" >"$B/$name.mount.log" 2>&1 &
-  local pid=$!
-  local deadline=$((SECONDS + 300))
-  until ls "$inside" >/dev/null 2>&1; do
+  local t0 deadline=$((SECONDS + 300)) in; in=$(inside "$name")
+  t0=$(now)
+  (export "${vars[@]}"; exec /usr/bin/time -f "%M" -o "$B/$name.rss" "${cmd[@]}") >"$B/$name.mount.log" 2>&1 &
+  PID=$!
+  until ls "$in" >/dev/null 2>&1; do
     (( SECONDS < deadline )) || { echo "$name: mount did not come up" >&2; cat "$B/$name.mount.log" >&2; exit 1; }
     sleep 0.01
   done
-  R[$name.first]=$(python3 -c "print(f'{$(now) - $t0:.2f}')")
-  step() { local key=$1; shift; drop; local s; s=$(now); timeout 600 "$@" >/dev/null 2>&1; R[$name.$key]=$(python3 -c "print(f'{$(now) - $s:.2f}')"); }
-  step cat cat "$inside/big-1GiB.bin"
-  step ls ls -lR "$inside"
-  step tar sh -c "tar cf - -C '$inside' . | cat >/dev/null"
-  fusermount3 -u "$M" || fusermount3 -u -z "$M"
-  wait "$pid" || true
-  R[$name.rss]=$(( $(tail -n 1 "$B/$name.rss") / 1024 ))
-  echo "$name: first ${R[$name.first]} s, cat ${R[$name.cat]} s, ls -lR ${R[$name.ls]} s, tar ${R[$name.tar]} s, RSS ${R[$name.rss]} MiB" >&2
+  FIRST=$(since "$t0")
 }
+stop() { fusermount3 -u "$M" || fusermount3 -u -z "$M"; wait "$PID" || true; }
+# timed KEY COMMAND...: runs COMMAND on a dropped page cache and appends its
+# time to the samples S[KEY].
+timed() { local key=$1 s; shift; drop; s=$(now); timeout 600 "$@" >/dev/null 2>&1; S[$key]+="$(since "$s") "; }
 
-rel=${DATA#/}
-TIERVAULT_PASSWORD=bench TIERVAULT_CACHE_DIR="$W/tv-cache" run_tool tiervault "$M/latest/$rel" "$TV" -r "$W/tv" mount "$M"
-RESTIC_PASSWORD=bench RESTIC_CACHE_DIR="$W/restic-cache" run_tool restic "$M/snapshots/latest/$rel" restic -r "$W/restic" mount "$M"
-archive=$(BORG_PASSPHRASE=bench BORG_BASE_DIR="$W/borg-base" borg list --short "$W/borg" | tail -n 1)
-BORG_PASSPHRASE=bench BORG_BASE_DIR="$W/borg-base" run_tool borg "$M/$rel" borg mount -f "$W/borg::$archive" "$M"
+for ((round = 1; round <= FIRST_ROUNDS; round++)); do
+  for t in "${TOOLS[@]}"; do
+    start "$t"; S[$t.first]+="$FIRST "; stop
+  done
+done
+for t in "${TOOLS[@]}"; do
+  start "$t"
+  in=$(inside "$t")
+  for ((round = 1; round <= CAT_ROUNDS; round++)); do timed "$t.cat" cat "$in/big-1GiB.bin"; done
+  timed "$t.ls" ls -lR "$in"
+  timed "$t.tar" sh -c "tar cf - -C '$in' . | cat >/dev/null"
+  stop
+  for k in first cat ls tar; do R[$t.$k]=$(median ${S[$t.$k]}); done
+  R[$t.rss]=$(( $(tail -n 1 "$B/$t.rss") / 1024 ))
+  echo "$t: first ${R[$t.first]} s (${S[$t.first]% }), cat ${R[$t.cat]} s (${S[$t.cat]% }), ls -lR ${R[$t.ls]} s, tar ${R[$t.tar]} s, RSS ${R[$t.rss]} MiB" >&2
+done
 
 ratio() { python3 -c "print(f'{$1/$2:.1f}x')"; }
 cat <<TXT
 
-Mounts of the same data set ($(find "$DATA" -type f | wc -l) files), one run, page cache dropped before each step.
+Mounts of the same data set ($(find "$DATA" -type f | wc -l) files), one run, page cache dropped before each step; first listing the median of $FIRST_ROUNDS and \`cat\` of $CAT_ROUNDS, the tools taking turns.
 
 | | first listing | cat 1 GiB | ls -lR | tar \\| cat | peak RSS |
 |---|---|---|---|---|---|
@@ -66,4 +97,6 @@ Mounts of the same data set ($(find "$DATA" -type f | wc -l) files), one run, pa
 | cat 1 GiB | 5x restic, 2x borg | $(ratio "${R[restic.cat]}" "${R[tiervault.cat]}") | $(ratio "${R[borg.cat]}" "${R[tiervault.cat]}") |
 | ls -lR | 5x restic | $(ratio "${R[restic.ls]}" "${R[tiervault.ls]}") | $(ratio "${R[borg.ls]}" "${R[tiervault.ls]}") |
 | tar | 3x restic | $(ratio "${R[restic.tar]}" "${R[tiervault.tar]}") | $(ratio "${R[borg.tar]}" "${R[tiervault.tar]}") |
+
+Samples (s): $(for t in "${TOOLS[@]}"; do printf '%s first %s, cat %s; ' "$t" "${S[$t.first]% }" "${S[$t.cat]% }"; done)
 TXT

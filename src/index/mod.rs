@@ -121,6 +121,11 @@ impl Index {
         opts.set_max_open_files(256);
         opts.set_keep_log_file_num(2);
         opts.set_write_buffer_size(16 << 20);
+        // Opening reads nothing it can skip: the commands (and the first
+        // listing of a mount) wait for it. Table statistics only tune
+        // compaction, and a truncated table file is found when it is read.
+        opts.set_skip_stats_update_on_db_open(true);
+        opts.set_skip_checking_sst_file_sizes_on_db_open(true);
         // One block cache for all column families, so memory stays bounded
         // (the default gives each its own 8 MiB cache and 64 MiB memtable).
         let cache = rocksdb::Cache::new_lru_cache(block_cache).map_err(|e| IndexError::Rocks {
