@@ -438,3 +438,70 @@ fn reading_files_one_after_another_decodes_the_next_ones_ahead() {
     }
     assert_eq!(core.read_counts().0, cached + 8);
 }
+
+/// Files read one after another: the ones ahead, neighbours in a pack, are
+/// read with one ranged read, not one each. A damaged one among them fails
+/// alone, with EIO, and its neighbours still read right.
+#[test]
+fn a_walk_reads_neighbouring_files_together_and_a_damaged_one_fails_alone() {
+    let fx = fixture();
+    let src = fx.dir.path().join("src");
+    let (tier, reads) = common::CountingTier::at(&fx.dir.path().join("repo"));
+    let repo = Arc::new(
+        Repository::open_named(
+            Box::new(tier),
+            &|| Ok(b"pw".to_vec()),
+            &fx.dir.path().join("cache"),
+            "counted",
+        )
+        .unwrap(),
+    );
+    let count = || reads.load(std::sync::atomic::Ordering::SeqCst);
+    let read_all = |damaged: Option<usize>| {
+        let core = FsCore::new(repo.clone(), options(8 << 20));
+        let parent = walk(&core, &src);
+        let handles: Vec<u64> = (0..40)
+            .map(|i| {
+                let a = core
+                    .lookup(parent, format!("small-{i:02}").as_bytes())
+                    .unwrap();
+                core.remember(a.ino);
+                FsCore::shared_handle(a.ino)
+            })
+            .collect();
+        let before = count();
+        // The first two reads start the walk; then wait for the read-ahead.
+        core.read(handles[0], 0, 100).unwrap();
+        core.read(handles[1], 0, 100).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while core.read_cached(handles[9], 0, 100).is_none() && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        for (i, fh) in handles.iter().enumerate() {
+            let got = match core.read_cached(*fh, 0, 100) {
+                Some(b) => Ok(b),
+                None => core.read(*fh, 0, 100),
+            };
+            if Some(i) == damaged {
+                assert_eq!(got.unwrap_err().errno(), libc::EIO, "small-{i:02}");
+            } else {
+                assert_eq!(
+                    got.unwrap(),
+                    format!("small file {i}").as_bytes(),
+                    "small-{i:02}"
+                );
+            }
+        }
+        count() - before
+    };
+    // Files 0 and 1 are read on their own, the 38 after them together (in
+    // two reads if the packer closed a pack among them).
+    let n = read_all(None);
+    assert!(n <= 4, "{n} ranged reads of packs for 40 small files");
+    // One damaged chunk among them: the run it is in does not verify, so
+    // its chunks are read one by one, and only the damaged file fails.
+    let id = common::chunk_of(&repo, &src.join("small-20"));
+    common::damage_blob(&repo, &fx.dir.path().join("repo"), &id);
+    read_all(Some(20));
+}

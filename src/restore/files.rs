@@ -2,36 +2,108 @@
 
 use super::{Counters, FileJob};
 use crate::format::tree::{Node, NodeKind, Segment};
+use crate::format::BlobId;
 use crate::fsmeta;
 use crate::repo::Repository;
 use crossbeam_channel::Receiver;
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// Files with at most this much data are restored in batches.
+const SMALL: u64 = 1 << 20;
+/// A batch holds at most this many files, and this much data.
+const BATCH_FILES: usize = 64;
+const BATCH_BYTES: u64 = 4 << 20;
+
+fn data_len(node: &Node) -> u64 {
+    node.segments()
+        .iter()
+        .filter(|s| matches!(s, Segment::Data { .. }))
+        .map(Segment::len)
+        .sum()
+}
+
+/// Restores the files of `jobs`. Small files that come one after another
+/// are taken as a batch, and their chunks read with
+/// `Repository::read_blobs_cached`: files written together lie side by side
+/// in a pack, so one ranged read serves many of them, which is what a
+/// restore of many small files from a remote tier waits on.
 pub(crate) fn worker(repo: &Repository, jobs: &Receiver<FileJob>, c: &Counters) {
-    for job in jobs {
-        match write_content(repo, &job.path, &job.node) {
-            Ok(bytes) => {
-                c.files.fetch_add(1, Ordering::Relaxed);
-                c.bytes.fetch_add(bytes, Ordering::Relaxed);
-                restore_metadata(&job.path, &job.node, c);
+    let mut next = None;
+    loop {
+        let Some(first) = next.take().or_else(|| jobs.recv().ok()) else {
+            return;
+        };
+        let mut bytes = data_len(&first.node);
+        let small = bytes <= SMALL;
+        let mut batch = vec![first];
+        while small && batch.len() < BATCH_FILES && bytes < BATCH_BYTES {
+            match jobs.try_recv() {
+                Ok(j) if data_len(&j.node) <= SMALL => {
+                    bytes += data_len(&j.node);
+                    batch.push(j);
+                }
+                Ok(j) => {
+                    next = Some(j);
+                    break;
+                }
+                Err(_) => break,
             }
-            Err(e) => {
-                // Never leave a file with wrong or missing bytes behind.
-                let _ = std::fs::remove_file(&job.path);
-                c.errors.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
-                    "error: {}: {e}; the file was not restored",
-                    job.path.display()
-                );
-            }
+        }
+        let mut got = HashMap::new();
+        if batch.len() > 1 {
+            let ids: Vec<BlobId> = batch
+                .iter()
+                .flat_map(|j| j.node.segments())
+                .filter_map(|s| match s {
+                    Segment::Data { id, .. } => Some(*id),
+                    _ => None,
+                })
+                .collect();
+            // A chunk that fails here is read again alone below, which
+            // names the error for its file.
+            repo.read_blobs_cached(&ids, None, &mut |id, res| {
+                if let Ok(p) = res {
+                    got.insert(*id, p);
+                }
+            });
+        }
+        for job in batch {
+            restore_one(repo, &job, &got, c);
         }
     }
 }
 
-fn write_content(repo: &Repository, path: &Path, node: &Node) -> anyhow::Result<u64> {
+fn restore_one(repo: &Repository, job: &FileJob, got: &HashMap<BlobId, Vec<u8>>, c: &Counters) {
+    match write_content(repo, &job.path, &job.node, got) {
+        Ok(bytes) => {
+            c.files.fetch_add(1, Ordering::Relaxed);
+            c.bytes.fetch_add(bytes, Ordering::Relaxed);
+            restore_metadata(&job.path, &job.node, c);
+        }
+        Err(e) => {
+            // Never leave a file with wrong or missing bytes behind.
+            let _ = std::fs::remove_file(&job.path);
+            c.errors.fetch_add(1, Ordering::Relaxed);
+            eprintln!(
+                "error: {}: {e}; the file was not restored",
+                job.path.display()
+            );
+        }
+    }
+}
+
+/// Writes a file's data: chunks from `got` (read for its batch), or read
+/// now.
+fn write_content(
+    repo: &Repository,
+    path: &Path,
+    node: &Node,
+    got: &HashMap<BlobId, Vec<u8>>,
+) -> anyhow::Result<u64> {
     let _ = std::fs::remove_file(path);
     let f = OpenOptions::new()
         .write(true)
@@ -43,8 +115,15 @@ fn write_content(repo: &Repository, path: &Path, node: &Node) -> anyhow::Result<
     let mut written = 0u64;
     for seg in node.segments() {
         if let Segment::Data { id, .. } = seg {
-            let data = repo.read_blob(id)?;
-            f.write_all_at(&data, off)?;
+            let read;
+            let data = match got.get(id) {
+                Some(d) => d,
+                None => {
+                    read = repo.read_blob(id)?;
+                    &read
+                }
+            };
+            f.write_all_at(data, off)?;
             written += data.len() as u64;
         }
         off += seg.len();

@@ -11,6 +11,13 @@ pub mod tree;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tiervault::format::tree::Segment;
+use tiervault::format::{names, BlobId};
+use tiervault::repo::Repository;
+use tiervault::tier::local::LocalTier;
+use tiervault::tier::{ObjectInfo, Tier, TierError};
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -169,4 +176,79 @@ pub fn json(s: &str) -> serde_json::Value {
 
 pub fn rel(root: &Path, p: &Path) -> PathBuf {
     p.strip_prefix(root).unwrap().to_path_buf()
+}
+
+/// A tier that counts ranged reads of packs.
+pub struct CountingTier(pub LocalTier, pub Arc<AtomicU64>);
+
+impl CountingTier {
+    /// The tier at `dir` and its counter.
+    pub fn at(dir: &Path) -> (Self, Arc<AtomicU64>) {
+        let n = Arc::new(AtomicU64::new(0));
+        (Self(LocalTier::new(dir), n.clone()), n)
+    }
+}
+
+impl Tier for CountingTier {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn get(&self, key: &str) -> Result<Vec<u8>, TierError> {
+        self.0.get(key)
+    }
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, TierError> {
+        if key.starts_with("data/") {
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+        self.0.get_range(key, offset, len)
+    }
+    fn put(&self, key: &str, data: &[u8]) -> Result<(), TierError> {
+        self.0.put(key, data)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, TierError> {
+        self.0.list(prefix)
+    }
+    fn stat(&self, key: &str) -> Result<Option<u64>, TierError> {
+        self.0.stat(key)
+    }
+    fn delete(&self, key: &str) -> Result<(), TierError> {
+        self.0.delete(key)
+    }
+}
+
+/// The id of the first data chunk of the backed-up file at `path`, in the
+/// first revision of `repo`.
+pub fn chunk_of(repo: &Repository, path: &Path) -> BlobId {
+    let mut tree = repo.revisions().unwrap()[0].1.tree;
+    let comps: Vec<_> = path.strip_prefix("/").unwrap().components().collect();
+    for (n, comp) in comps.iter().enumerate() {
+        let nodes = repo.load_tree(&tree).unwrap();
+        let name = comp.as_os_str().as_encoded_bytes();
+        let node = nodes.iter().find(|x| x.name == name).unwrap();
+        if n + 1 == comps.len() {
+            let Some(Segment::Data { id, .. }) = node.segments().first() else {
+                panic!("{} has no data chunk", path.display());
+            };
+            return *id;
+        }
+        tree = node.subtree().unwrap();
+    }
+    unreachable!("the path has components")
+}
+
+/// Flips a byte in the middle of blob `id`'s stored bytes, in its pack on
+/// the local tier at `tier_dir`.
+pub fn damage_blob(repo: &Repository, tier_dir: &Path, id: &BlobId) {
+    use std::os::unix::fs::FileExt;
+    let loc = repo.index().blob(id).unwrap().unwrap();
+    let pack = tier_dir.join(names::pack(&loc.pack));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(&pack)
+        .unwrap();
+    let at = u64::from(loc.entry.offset) + u64::from(loc.entry.stored_len) / 2;
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0xff], at).unwrap();
 }
