@@ -495,10 +495,12 @@ fn a_walk_reads_neighbouring_files_together_and_a_damaged_one_fails_alone() {
         }
         count() - before
     };
-    // Files 0 and 1 are read on their own, the 38 after them together (in
-    // two reads if the packer closed a pack among them).
+    // Files 0, 1 and 2 are read on their own (2 as the read-ahead's first
+    // job), the 37 after them together. The backup's two readers may have
+    // stored a few of them apart (after the big file's chunks, or in the
+    // next pack), and each such run is one more read.
     let n = read_all(None);
-    assert!(n <= 4, "{n} ranged reads of packs for 40 small files");
+    assert!(n <= 6, "{n} ranged reads of packs for 40 small files");
     // One damaged chunk among them: the run it is in does not verify, so
     // its chunks are read one by one, and only the damaged file fails.
     let id = common::chunk_of(&repo, &src.join("small-20"));

@@ -154,22 +154,25 @@ fn sftp_and_s3_tiers_each_hold_a_complete_copy() {
 /// command may take a while to go while the other tests load the machine.
 fn no_ssh_left_for(sshd: &Sshd) {
     let port = format!("-p {} ", sshd.port);
-    let masters = || -> Vec<String> {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|d| std::fs::read(d.path().join("cmdline")).ok())
-            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-            .filter(|c| c.starts_with("ssh ") && c.contains(&port))
-            .collect()
-    };
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut left = masters();
+    let mut left = ssh_processes(&port);
     while !left.is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
-        left = masters();
+        left = ssh_processes(&port);
     }
     assert!(left.is_empty(), "ssh processes left behind: {left:?}");
+}
+
+/// The command lines of the `ssh` processes whose command line has `port`
+/// (`-p N `).
+fn ssh_processes(port: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|d| std::fs::read(d.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.starts_with("ssh ") && c.contains(port))
+        .collect()
 }
 
 /// Each pooled SFTP connection has its own `ssh` master. Closing one while
@@ -200,6 +203,33 @@ fn commands_run_side_by_side_leave_no_ssh_master_behind() {
             });
         }
     });
+    no_ssh_left_for(&sshd);
+}
+
+/// A tiervault killed mid-backup cannot close its `ssh` masters; the next
+/// command that opens an SFTP tier closes them.
+#[test]
+fn masters_left_by_a_killed_command_are_closed_by_the_next() {
+    let env = Env::new();
+    let sshd = Sshd::start(env.dir.path());
+    let sftp_dir = env.path("sftp-tier");
+    let tv = Tv::new(&[&sshd.location(&sftp_dir)], &env.path("cache"));
+    tv.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..12 {
+        std::fs::write(src.join(format!("f{i}")), random_bytes(8 << 20, i)).unwrap();
+    }
+    let mut child = tv.backup_until_pack(&src, &sftp_dir);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let port = format!("-p {} ", sshd.port);
+    let left: Vec<String> = ssh_processes(&port)
+        .into_iter()
+        .filter(|c| c.contains(" -M "))
+        .collect();
+    assert!(!left.is_empty(), "the killed backup had no master to leave");
+    tv.ok(&["tiers"]);
     no_ssh_left_for(&sshd);
 }
 

@@ -441,7 +441,11 @@ impl Chunks {
     /// (`Repository::read_blobs_cached`). Readers that want one of them
     /// meanwhile wait for it, as for any fetch.
     fn fetch_many(&self, ids: &[BlobId]) {
-        let mut mine = HashMap::new();
+        let mut claimed = Claimed {
+            chunks: self,
+            left: HashMap::new(),
+        };
+        let mut order = Vec::new();
         for id in ids {
             if self.lru.lock().expect("chunks").contains(id) {
                 continue;
@@ -450,20 +454,32 @@ impl Chunks {
             if !m.contains_key(id) {
                 let p = Arc::new(Pending::default());
                 m.insert(*id, p.clone());
-                mine.insert(*id, p);
+                claimed.left.insert(*id, p);
+                order.push(*id);
             }
         }
-        let claimed: Vec<BlobId> = mine.keys().copied().collect();
         self.repo
-            .read_blobs_cached(&claimed, self.disk.as_ref(), &mut |id, res| {
-                if let Some(p) = mine.remove(id) {
+            .read_blobs_cached(&order, self.disk.as_ref(), &mut |id, res| {
+                if let Some(p) = claimed.left.remove(id) {
                     self.finish(id, &p, res.map(Arc::new).map_err(|e| e.to_string()));
                 }
             });
-        // `read_blobs_cached` answers every id; no waiting reader may be
-        // left without an answer even if it did not.
-        for (id, p) in mine {
-            self.finish(&id, &p, Err(format!("chunk {} was not read", id.short())));
+    }
+}
+
+/// Fetches claimed by `Chunks::fetch_many` and not answered yet. Whatever
+/// is left when it is dropped, by a panic too, is answered with an error,
+/// so that no reader waits for it forever.
+struct Claimed<'a> {
+    chunks: &'a Chunks,
+    left: HashMap<BlobId, Arc<Pending>>,
+}
+
+impl Drop for Claimed<'_> {
+    fn drop(&mut self) {
+        for (id, p) in self.left.drain() {
+            self.chunks
+                .finish(&id, &p, Err(format!("chunk {} was not read", id.short())));
         }
     }
 }
@@ -1554,7 +1570,9 @@ impl FsCore {
         // Bounded in entries too, so a directory of empty files is not
         // scanned to its end on every read.
         let mut bytes = 0;
-        let (mut ids, mut new_bytes) = (Vec::new(), 0);
+        // The next file is its own job, so that the reader, who will want
+        // it first, does not wait for the whole batch.
+        let (mut next, mut ids, mut new_bytes) = (Vec::new(), Vec::new(), 0);
         let mut j = i + 1;
         let stop = nodes.len().min(i + 1 + WALK_AHEAD);
         while j < stop && bytes < self.read_ahead {
@@ -1568,7 +1586,11 @@ impl FsCore {
                 if j >= queued {
                     new_bytes += s.len();
                     if !self.chunks.lru.lock().expect("chunks").contains(id) {
-                        ids.push(*id);
+                        if j == i + 1 {
+                            next.push(*id);
+                        } else {
+                            ids.push(*id);
+                        }
                     }
                 }
                 bytes += s.len();
@@ -1581,8 +1603,10 @@ impl FsCore {
         if !refill {
             return;
         }
-        if !ids.is_empty() {
-            let _ = tx.push(ids);
+        for batch in [next, ids] {
+            if !batch.is_empty() {
+                let _ = tx.push(batch);
+            }
         }
         let mut w = self.walks.lock().expect("walks");
         if let Some((last, q)) = w.get(&tree) {

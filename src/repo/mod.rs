@@ -137,15 +137,22 @@ fn run_end(l: &BlobLoc) -> u64 {
     u64::from(l.entry.offset) + u64::from(l.entry.stored_len)
 }
 
+/// A blob to read: its place in the caller's list, its id and location.
+struct Located {
+    at: usize,
+    id: BlobId,
+    loc: BlobLoc,
+}
+
 /// How many blobs at the start of `sorted` (sorted by pack and offset) can
 /// be read with one ranged read: same pack, each within `RUN_GAP` of the
 /// end of the ones before, all within `RUN_MAX`.
-fn neighbours(sorted: &[(BlobId, BlobLoc)]) -> usize {
-    let first = &sorted[0].1;
+fn neighbours(sorted: &[Located]) -> usize {
+    let first = &sorted[0].loc;
     let start = u64::from(first.entry.offset);
     let mut end = run_end(first);
     let mut n = 1;
-    for (_, l) in &sorted[1..] {
+    for Located { loc: l, .. } in &sorted[1..] {
         let off = u64::from(l.entry.offset);
         if l.pack != first.pack || off > end + RUN_GAP || run_end(l) - start > RUN_MAX {
             break;
@@ -541,12 +548,14 @@ impl Repository {
     /// the mount) then pays one round trip per run of neighbouring files
     /// instead of one per file, which is what counts on a remote tier.
     ///
-    /// `each` is called exactly once for every distinct id, in storage
-    /// order, with the blob's plaintext or its error. A run is accepted
-    /// from a tier only if every blob in it verifies (otherwise the next
-    /// tier is tried, as for one blob); a run that no tier gives whole is
-    /// read again blob by blob, so that a damaged blob fails alone and is
-    /// named in its error.
+    /// `each` is called exactly once for every distinct id, with the blob's
+    /// plaintext or its error: first for blobs the disk cache holds or the
+    /// index does not know, then run by run, in the order in which the
+    /// runs' first blobs appear in `ids` (so the blob wanted first comes
+    /// early). A run is accepted from a tier only if every blob in it
+    /// verifies (otherwise the next tier is tried, as for one blob); a run
+    /// that no tier gives whole is read again blob by blob, so that a
+    /// damaged blob fails alone and is named in its error.
     pub fn read_blobs_cached(
         &self,
         ids: &[BlobId],
@@ -555,37 +564,41 @@ impl Repository {
     ) {
         let mut seen = std::collections::HashSet::new();
         let mut located = Vec::new();
-        for id in ids {
+        for (at, id) in ids.iter().enumerate() {
             if !seen.insert(*id) {
                 continue;
             }
             match self.locate(id) {
                 Ok(loc) => match self.cached_blob(id, &loc, cache) {
                     Some(p) => each(id, Ok(p)),
-                    None => located.push((*id, loc)),
+                    None => located.push(Located { at, id: *id, loc }),
                 },
                 Err(e) => each(id, Err(e)),
             }
         }
-        located.sort_by_key(|(_, l)| (l.pack.0, l.entry.offset));
+        located.sort_by_key(|b| (b.loc.pack.0, b.loc.entry.offset));
+        let mut runs = Vec::new();
         let mut rest = &located[..];
         while !rest.is_empty() {
-            let run = &rest[..neighbours(rest)];
-            rest = &rest[run.len()..];
-            if run.len() == 1 {
-                let (id, loc) = &run[0];
-                each(id, self.fetch_blob(id, loc, cache));
+            let (run, more) = rest.split_at(neighbours(rest));
+            runs.push(run);
+            rest = more;
+        }
+        runs.sort_by_key(|run| run.iter().map(|b| b.at).min());
+        for run in runs {
+            if let [b] = run {
+                each(&b.id, self.fetch_blob(&b.id, &b.loc, cache));
                 continue;
             }
             match self.fetch_run(run, cache) {
                 Some(plains) => {
-                    for ((id, _), p) in run.iter().zip(plains) {
-                        each(id, Ok(p));
+                    for (b, p) in run.iter().zip(plains) {
+                        each(&b.id, Ok(p));
                     }
                 }
                 None => {
-                    for (id, loc) in run {
-                        each(id, self.fetch_blob(id, loc, cache));
+                    for b in run {
+                        each(&b.id, self.fetch_blob(&b.id, &b.loc, cache));
                     }
                 }
             }
@@ -594,34 +607,33 @@ impl Repository {
 
     /// One ranged read of a run of blobs in one pack (see `neighbours`);
     /// None if no tier gives a copy in which every blob verifies.
-    fn fetch_run(
-        &self,
-        run: &[(BlobId, BlobLoc)],
-        cache: Option<&cache::DiskCache>,
-    ) -> Option<Vec<Vec<u8>>> {
-        let start = u64::from(run[0].1.entry.offset);
-        let end = run.iter().map(|(_, l)| run_end(l)).max()?;
+    fn fetch_run(&self, run: &[Located], cache: Option<&cache::DiskCache>) -> Option<Vec<Vec<u8>>> {
+        let start = u64::from(run[0].loc.entry.offset);
+        let end = run.iter().map(|b| run_end(&b.loc)).max()?;
+        // Where each blob's stored bytes lie in the range read.
+        let slice = |b: &Located| {
+            let at = (u64::from(b.loc.entry.offset) - start) as usize;
+            at..at + b.loc.entry.stored_len as usize
+        };
         let mut plains = Vec::new();
         let res = self.store.get_range_checked(
-            &names::pack(&run[0].1.pack),
+            &names::pack(&run[0].loc.pack),
             start,
             end - start,
             &mut |bytes| {
                 let mut out = Vec::with_capacity(run.len());
-                for (id, loc) in run {
-                    let at = (u64::from(loc.entry.offset) - start) as usize;
+                for b in run {
                     let stored = bytes
-                        .get(at..at + loc.entry.stored_len as usize)
-                        .ok_or_else(|| format!("blob {} lies past the range read", id.short()))?;
+                        .get(slice(b))
+                        .ok_or_else(|| format!("blob {} lies past the range read", b.id.short()))?;
                     out.push(
-                        open_blob(&self.keys, &loc.entry, stored)
-                            .map_err(|e| format!("blob {}: {e}", id.short()))?,
+                        open_blob(&self.keys, &b.loc.entry, stored)
+                            .map_err(|e| format!("blob {}: {e}", b.id.short()))?,
                     );
                 }
                 if let Some(c) = cache {
-                    for (id, loc) in run {
-                        let at = (u64::from(loc.entry.offset) - start) as usize;
-                        c.put(id, &bytes[at..at + loc.entry.stored_len as usize]);
+                    for b in run {
+                        c.put(&b.id, &bytes[slice(b)]);
                     }
                 }
                 plains = out;

@@ -18,6 +18,9 @@ const SMALL: u64 = 1 << 20;
 const BATCH_FILES: usize = 64;
 const BATCH_BYTES: u64 = 4 << 20;
 
+/// A chunk read for a batch, or the error that reading it gave.
+type Chunk = Result<Vec<u8>, String>;
+
 fn data_len(node: &Node) -> u64 {
     node.segments()
         .iter()
@@ -40,9 +43,9 @@ pub(crate) fn worker(repo: &Repository, jobs: &Receiver<FileJob>, c: &Counters) 
         let mut bytes = data_len(&first.node);
         let small = bytes <= SMALL;
         let mut batch = vec![first];
-        while small && batch.len() < BATCH_FILES && bytes < BATCH_BYTES {
+        while small && batch.len() < BATCH_FILES {
             match jobs.try_recv() {
-                Ok(j) if data_len(&j.node) <= SMALL => {
+                Ok(j) if data_len(&j.node) <= SMALL && bytes + data_len(&j.node) <= BATCH_BYTES => {
                     bytes += data_len(&j.node);
                     batch.push(j);
                 }
@@ -63,12 +66,10 @@ pub(crate) fn worker(repo: &Repository, jobs: &Receiver<FileJob>, c: &Counters) 
                     _ => None,
                 })
                 .collect();
-            // A chunk that fails here is read again alone below, which
-            // names the error for its file.
+            // A chunk that fails here failed on every tier, read alone too;
+            // its error goes to its file.
             repo.read_blobs_cached(&ids, None, &mut |id, res| {
-                if let Ok(p) = res {
-                    got.insert(*id, p);
-                }
+                got.insert(*id, res.map_err(|e| e.to_string()));
             });
         }
         for job in batch {
@@ -77,7 +78,7 @@ pub(crate) fn worker(repo: &Repository, jobs: &Receiver<FileJob>, c: &Counters) 
     }
 }
 
-fn restore_one(repo: &Repository, job: &FileJob, got: &HashMap<BlobId, Vec<u8>>, c: &Counters) {
+fn restore_one(repo: &Repository, job: &FileJob, got: &HashMap<BlobId, Chunk>, c: &Counters) {
     match write_content(repo, &job.path, &job.node, got) {
         Ok(bytes) => {
             c.files.fetch_add(1, Ordering::Relaxed);
@@ -96,13 +97,13 @@ fn restore_one(repo: &Repository, job: &FileJob, got: &HashMap<BlobId, Vec<u8>>,
     }
 }
 
-/// Writes a file's data: chunks from `got` (read for its batch), or read
-/// now.
+/// Writes a file's data: chunks from `got` (read for its batch, or failed
+/// there), or read now.
 fn write_content(
     repo: &Repository,
     path: &Path,
     node: &Node,
-    got: &HashMap<BlobId, Vec<u8>>,
+    got: &HashMap<BlobId, Chunk>,
 ) -> anyhow::Result<u64> {
     let _ = std::fs::remove_file(path);
     let f = OpenOptions::new()
@@ -117,7 +118,8 @@ fn write_content(
         if let Segment::Data { id, .. } = seg {
             let read;
             let data = match got.get(id) {
-                Some(d) => d,
+                Some(Ok(d)) => d,
+                Some(Err(e)) => anyhow::bail!("{e}"),
                 None => {
                     read = repo.read_blob(id)?;
                     &read

@@ -13,6 +13,7 @@
 pub mod local;
 pub mod remote;
 pub mod set;
+pub mod ssh_dirs;
 
 pub use set::TierSet;
 

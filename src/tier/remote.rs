@@ -90,6 +90,7 @@ pub fn shutdown() {
             std::mem::forget(std::mem::take(
                 &mut *RETIRED.lock().unwrap_or_else(|e| e.into_inner()),
             ));
+            super::ssh_dirs::release();
             return;
         }
         if Instant::now() >= deadline {
@@ -164,6 +165,7 @@ fn build(loc: &str, opts: &TierSpec) -> Result<(Operator, bool), TierError> {
         .ok_or_else(|| bad("no scheme".into()))?;
     let (op, rename) = match scheme {
         "sftp" => {
+            super::ssh_dirs::sweep();
             let (authority, path) = split_authority(rest);
             if authority.is_empty() {
                 return Err(bad("no host: write sftp://user@host:port/path".into()));
