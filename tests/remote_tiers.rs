@@ -233,31 +233,6 @@ fn masters_left_by_a_killed_command_are_closed_by_the_next() {
     no_ssh_left_for(&sshd);
 }
 
-/// Ctrl-C in the middle of a backup: the command stops at once, with
-/// exit code 130, and closes its `ssh` masters on the way out; no other
-/// command runs before the check.
-#[test]
-fn an_interrupted_backup_closes_its_ssh_masters() {
-    let env = Env::new();
-    let sshd = Sshd::start(env.dir.path());
-    let sftp_dir = env.path("sftp-tier");
-    let tv = Tv::new(&[&sshd.location(&sftp_dir)], &env.path("cache"));
-    tv.init();
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    for i in 0..12 {
-        std::fs::write(src.join(format!("f{i}")), random_bytes(8 << 20, i)).unwrap();
-    }
-    let child = tv.backup_until_pack(&src, &sftp_dir);
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
-    assert!(err.contains("interrupted by Ctrl-C"), "{err}");
-    no_ssh_left_for(&sshd);
-}
-
 #[test]
 fn a_tier_that_goes_down_mid_backup_catches_up_with_sync() {
     let env = Env::new();

@@ -41,15 +41,6 @@ fn block_on<F: std::future::Future>(fut: F) -> F::Output {
     }
 }
 
-/// Set when the process is being interrupted: no call starts, retries or
-/// reconnects any more (see `ssh_dirs::close_masters`).
-static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Refuses every remote call from now on: the process is about to end.
-pub fn stop_connecting() {
-    STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
 /// Clients of dropped tiers and replaced clients (see `retire`), newest
 /// last.
 static RETIRED: std::sync::Mutex<Vec<Operator>> = std::sync::Mutex::new(Vec::new());
@@ -297,12 +288,6 @@ impl RemoteTier {
         let mut delay = Duration::from_millis(100);
         let mut attempt = 1;
         loop {
-            if STOPPING.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(TierError::Offline {
-                    tier: self.name.clone(),
-                    reason: "tiervault is stopping".into(),
-                });
-            }
             match block_on(f()) {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_temporary() || is_connection(&e) => {

@@ -98,65 +98,22 @@ pub fn sweep() {
             if pid == std::process::id() as i32 || alive(pid) {
                 continue;
             }
-            exit_masters(&d.path());
+            for conn in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                let sock = conn.path().join("master");
+                if sock.exists() {
+                    let _ = std::process::Command::new("ssh")
+                        .arg("-S")
+                        .arg(&sock)
+                        .args(["-o", "BatchMode=yes", "-O", "exit", "none"])
+                        .stdin(std::process::Stdio::null())
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .status();
+                }
+            }
             let _ = std::fs::remove_dir_all(d.path());
         }
     });
-}
-
-/// Asks each master whose control socket is in `dir` (one directory per
-/// connection) to exit.
-fn exit_masters(dir: &Path) {
-    for conn in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        exit_master_in(&conn.path());
-    }
-}
-
-/// Asks the master of one connection directory to exit, if it has one.
-fn exit_master_in(conn: &Path) {
-    let sock = conn.join("master");
-    if sock.exists() {
-        let _ = std::process::Command::new("ssh")
-            .arg("-S")
-            .arg(&sock)
-            .args(["-o", "BatchMode=yes", "-O", "exit", "none"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
-/// Asks the masters of this process's own connections to exit: for a
-/// command that is interrupted, whose connections' tasks cannot be stopped
-/// in order. New connections are refused first (`remote::stop_connecting`);
-/// one that was already starting gets its master a moment later, so this
-/// waits (at most 3 s) for every connection directory to have had a master
-/// to close.
-pub fn close_masters() {
-    super::remote::stop_connecting();
-    let Some(mine) = MINE.get() else { return };
-    let mut closed = std::collections::HashSet::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    loop {
-        let mut starting = false;
-        for conn in std::fs::read_dir(mine).into_iter().flatten().flatten() {
-            let dir = conn.path();
-            if closed.contains(&dir) {
-                continue;
-            }
-            if dir.join("master").exists() {
-                exit_master_in(&dir);
-                closed.insert(dir);
-            } else {
-                starting = true;
-            }
-        }
-        if !starting || std::time::Instant::now() >= deadline {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
 }
 
 /// Whether a process with this id exists (a process of another user
