@@ -31,7 +31,8 @@ fn tune_allocator() {
 
 fn main() {
     // First, while this is the only thread: it sets environment variables.
-    tiervault::tier::ssh_dirs::claim();
+    // SAFETY: no other thread exists yet.
+    unsafe { tiervault::tier::ssh_dirs::claim() };
     tune_allocator();
     std::panic::set_hook(Box::new(|info| {
         eprintln!("tiervault: internal error: {info}; please report this");

@@ -199,14 +199,12 @@ impl Settings {
     pub fn password(&self, confirm: bool) -> Result<Vec<u8>, RepoError> {
         let pw = match &self.password {
             PasswordSource::Command(c) => {
-                let out = std::process::Command::new("sh")
-                    .arg("-c")
-                    .arg(c)
-                    .stderr(std::process::Stdio::inherit())
-                    .output()
-                    .map_err(|e| {
-                        RepoError::Password(format!("cannot run --password-command: {e}"))
-                    })?;
+                let mut cmd = std::process::Command::new("sh");
+                cmd.arg("-c").arg(c).stderr(std::process::Stdio::inherit());
+                tiervault::tier::ssh_dirs::original_env(&mut cmd);
+                let out = cmd.output().map_err(|e| {
+                    RepoError::Password(format!("cannot run --password-command: {e}"))
+                })?;
                 if !out.status.success() {
                     return Err(RepoError::Password(format!(
                         "--password-command failed ({})",

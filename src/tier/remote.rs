@@ -61,11 +61,13 @@ const KEEP_RETIRED: usize = 8;
 /// clients are dropped only by `shutdown`, after the runtime has stopped;
 /// only the oldest of many (a mount with a flaky server) close earlier.
 fn retire(op: Operator) {
-    let mut r = RETIRED.lock().unwrap_or_else(|e| e.into_inner());
-    r.push(op);
-    if r.len() > KEEP_RETIRED {
-        r.remove(0);
-    }
+    let oldest = {
+        let mut r = RETIRED.lock().unwrap_or_else(|e| e.into_inner());
+        r.push(op);
+        (r.len() > KEEP_RETIRED).then(|| r.remove(0))
+    };
+    // Closed outside the lock: closing runs `ssh -O exit`.
+    drop(oldest);
 }
 
 /// Closes the remote tiers' connections before the process exits. An SFTP

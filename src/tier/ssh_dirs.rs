@@ -10,39 +10,57 @@
 //!
 //! So each tiervault process points `XDG_STATE_HOME` at a directory of its
 //! own, named by its process id, under `$XDG_RUNTIME_DIR/tiervault-ssh`
-//! (else `<state dir>/ssh`). The first SFTP tier a process opens sweeps the
-//! directories of processes that no longer exist: it asks each master left
-//! there to exit (`ssh -O exit`) and removes the directory. A normal exit
-//! removes the process's own directory.
+//! (else `<state dir>/ssh`). Before its first connection it takes a shared
+//! `flock` on `<pid>/.lock` and holds it until it exits. The first SFTP
+//! tier a process opens sweeps the directories whose lock nobody holds
+//! (their process is gone, whatever its pid namespace on this machine): it
+//! asks each master left there to exit (`ssh -O exit`) and removes the
+//! directory once every one has. A normal exit removes the process's own
+//! directory.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// This process's directory, once `claim` has set it up.
 static MINE: OnceLock<PathBuf> = OnceLock::new();
 
-/// Longest base directory used: a control socket's path, `<base>/<pid>/
-/// .ssh-connectionXXXXXX/master.XXXXXXXXXXXXXXXX`, must fit the 108 bytes
-/// of a Unix socket address.
-const MAX_BASE: usize = 60;
+/// `XDG_STATE_HOME` as the process got it, for the commands it runs.
+static ORIGINAL_STATE_HOME: OnceLock<Option<std::ffi::OsString>> = OnceLock::new();
 
+/// Longest base directory used. A control socket's path while ssh binds
+/// it, `<base>/<pid>/.ssh-connectionXXXXXX/master.XXXXXXXXXXXXXXXX`, must
+/// fit the 107 bytes of a Unix socket address: the 54 bytes after the base
+/// (for a 7-digit pid) leave 53 for it; 50 keeps a margin.
+const MAX_BASE: usize = 50;
+
+/// `$XDG_RUNTIME_DIR/tiervault-ssh` if that directory is ours, else
+/// `<state dir>/ssh`; None if the one chosen is relative or too long for a
+/// socket path.
 fn base() -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
     let runtime = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
-        .filter(|p| p.is_absolute() && p.is_dir());
+        .filter(|p| p.is_absolute())
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == uid));
     let base = match runtime {
         Some(r) => r.join("tiervault-ssh"),
         None => crate::repo::default_state_root().join("ssh"),
     };
-    (base.as_os_str().len() <= MAX_BASE).then_some(base)
+    (base.is_absolute() && base.as_os_str().len() <= MAX_BASE).then_some(base)
 }
 
-/// Gives this process its own control directory. Call at the start of
-/// `main`, while the process has one thread: it sets environment
-/// variables. Our own state directory, which also follows
+/// Gives this process its own control directory.
+///
+/// # Safety
+/// Sets environment variables: call it while the process has one thread
+/// (at the start of `main`). Our own state directory, which also follows
 /// `XDG_STATE_HOME`, is pinned first through `TIERVAULT_STATE_DIR`. When no
-/// short enough directory can be made, SFTP keeps `openssh`'s default.
-pub fn claim() {
+/// suitable directory can be made, SFTP keeps `openssh`'s default.
+pub unsafe fn claim() {
+    let _ = ORIGINAL_STATE_HOME.set(std::env::var_os("XDG_STATE_HOME"));
     let Some(base) = base() else { return };
     if make_private_dir(&base).is_err() {
         return;
@@ -50,12 +68,26 @@ pub fn claim() {
     // Made by the first SFTP connection (`sweep`), not by every command.
     let mine = base.join(std::process::id().to_string());
     let state = crate::repo::default_state_root();
-    // SAFETY: called at the start of main, before any other thread runs.
+    // SAFETY: the caller runs this before any other thread exists.
     unsafe {
         std::env::set_var("TIERVAULT_STATE_DIR", state);
         std::env::set_var("XDG_STATE_HOME", &mine);
     }
     let _ = MINE.set(mine);
+}
+
+/// Gives `cmd` the `XDG_STATE_HOME` this process was started with (a
+/// command the user configured keeps its own state where it expects).
+pub fn original_env(cmd: &mut std::process::Command) {
+    match ORIGINAL_STATE_HOME.get() {
+        Some(Some(v)) => {
+            cmd.env("XDG_STATE_HOME", v);
+        }
+        Some(None) => {
+            cmd.env_remove("XDG_STATE_HOME");
+        }
+        None => {}
+    }
 }
 
 fn make_private_dir(p: &Path) -> std::io::Result<()> {
@@ -69,55 +101,94 @@ fn make_private_dir(p: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
     }
-    // Not a symlink, and ours: another user's directory would let them
-    // reach our masters.
+    // Not a symlink, ours, and writable by us alone: someone who could
+    // plant or swap a directory here would reach our masters.
     let m = std::fs::symlink_metadata(p)?;
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
-    if !m.is_dir() || m.uid() != uid {
+    if !m.is_dir() || m.uid() != uid || m.mode() & 0o022 != 0 {
         return Err(std::io::Error::other("not a private directory"));
     }
     Ok(())
 }
 
-/// Makes this process's control directory, closes the masters that
-/// processes which no longer exist left in theirs, and removes those
-/// directories. Runs once per process, before its first SFTP connection.
+/// Makes this process's control directory and takes its lock, then closes
+/// the masters left in the directories of processes that are gone, and
+/// removes those. Runs once per process, before its first SFTP connection.
 pub fn sweep() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let Some(mine) = MINE.get() else { return };
-        let _ = make_private_dir(mine);
+        if make_private_dir(mine).is_err() {
+            return;
+        }
+        // Shared: processes of two pid namespaces may share a number.
+        static LOCK: OnceLock<std::fs::File> = OnceLock::new();
+        if let Ok(f) = lock_file(mine) {
+            // SAFETY: flock on an open descriptor.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH) } == 0 {
+                let _ = LOCK.set(f);
+            }
+        }
         let Some(Ok(dirs)) = mine.parent().map(std::fs::read_dir) else {
             return;
         };
         for d in dirs.flatten() {
-            let Some(pid) = d.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-                continue;
-            };
-            if pid == std::process::id() as i32 || alive(pid) {
-                continue;
+            let dir = d.path();
+            if dir != *mine && abandoned(&dir) && exit_masters(&dir) {
+                let _ = std::fs::remove_dir_all(&dir);
             }
-            for conn in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
-                let sock = conn.path().join("master");
-                if sock.exists() {
-                    let _ = std::process::Command::new("ssh")
-                        .arg("-S")
-                        .arg(&sock)
-                        .args(["-o", "BatchMode=yes", "-O", "exit", "none"])
-                        .stdin(std::process::Stdio::null())
-                        .stdout(std::process::Stdio::null())
-                        .stderr(std::process::Stdio::null())
-                        .status();
-                }
-            }
-            let _ = std::fs::remove_dir_all(d.path());
         }
     });
 }
 
+fn lock_file(dir: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(".lock"))
+}
+
+/// Whether a process directory's owner is gone: nobody holds its lock, or,
+/// for a directory without one (its process ended before its first
+/// connection, or is just starting), no process has its number.
+fn abandoned(dir: &Path) -> bool {
+    if dir.join(".lock").exists() {
+        let Ok(f) = lock_file(dir) else { return false };
+        // SAFETY: flock on an open descriptor; the lock goes with `f`.
+        return unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    }
+    let pid = dir
+        .file_name()
+        .and_then(|n| n.to_str()?.parse::<i32>().ok());
+    pid.is_some_and(|pid| !alive(pid))
+}
+
+/// Asks each master whose control socket is in `dir` (one directory per
+/// connection) to exit; whether every one did (or had gone already).
+fn exit_masters(dir: &Path) -> bool {
+    let mut all = true;
+    for conn in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let sock = conn.path().join("master");
+        if sock.exists() {
+            all &= std::process::Command::new("ssh")
+                .arg("-S")
+                .arg(&sock)
+                .args(["-o", "BatchMode=yes", "-O", "exit", "none"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        }
+    }
+    all
+}
+
 /// Whether a process with this id exists (a process of another user
-/// counts; a reused id keeps a directory until that process ends too).
+/// counts).
 fn alive(pid: i32) -> bool {
     // SAFETY: kill with signal 0 only checks for the process.
     let r = unsafe { libc::kill(pid, 0) };
@@ -126,9 +197,13 @@ fn alive(pid: i32) -> bool {
 
 /// Removes this process's directory when its masters are gone (called
 /// after the remote tiers' runtime has stopped). One still in use stays,
-/// for the next process's sweep.
+/// for a later process's sweep.
 pub fn release() {
     if let Some(m) = MINE.get() {
-        let _ = std::fs::remove_dir(m);
+        let entries = std::fs::read_dir(m).map(|d| d.count()).unwrap_or(0);
+        if entries <= 1 {
+            let _ = std::fs::remove_file(m.join(".lock"));
+            let _ = std::fs::remove_dir(m);
+        }
     }
 }
