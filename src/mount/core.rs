@@ -439,7 +439,8 @@ impl Chunks {
     /// Fetches the chunks of `ids` that are neither cached nor being
     /// fetched, neighbours in a pack with one read each
     /// (`Repository::read_blobs_cached`). Readers that want one of them
-    /// meanwhile wait for it, as for any fetch.
+    /// meanwhile wait for it, as for any fetch; a chunk another thread is
+    /// fetching is left to it, so the read-ahead threads never wait.
     fn fetch_many(&self, ids: &[BlobId]) {
         let mut claimed = Claimed {
             chunks: self,
@@ -706,12 +707,7 @@ impl FsCore {
                         "read-ahead",
                         opts.read_ahead_threads,
                         usize::MAX,
-                        move |ids: Vec<BlobId>| match ids.as_slice() {
-                            [id] => {
-                                let _ = chunks.get(id);
-                            }
-                            many => chunks.fetch_many(many),
-                        },
+                        move |ids: Vec<BlobId>| chunks.fetch_many(&ids),
                     )
                 })
                 .flatten(),
@@ -1535,9 +1531,10 @@ impl FsCore {
     /// to the read-ahead window in bytes. A walker of many small files then
     /// finds each one's data decoded, and its reads are answered on the
     /// kernel-facing thread, without a hand-off to a worker per file.
-    /// The window is refilled half at a time, in one batch, so that the
-    /// files' chunks, usually neighbours in a pack, are read together
-    /// (`Chunks::fetch_many`): one ranged read for some 32 small files.
+    /// The window is refilled half at a time: the next file as a job of its
+    /// own, the others in one batch, so that their chunks, usually
+    /// neighbours in a pack, are read together (`Chunks::fetch_many`): one
+    /// ranged read for some 32 small files.
     /// Memory only: nothing is queued for an entry whose directory is not
     /// decoded.
     fn next_files_ahead(&self, ino: u64, tx: &Queue<Vec<BlobId>>) {

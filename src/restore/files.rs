@@ -44,17 +44,14 @@ pub(crate) fn worker(repo: &Repository, jobs: &Receiver<FileJob>, c: &Counters) 
         let small = bytes <= SMALL;
         let mut batch = vec![first];
         while small && batch.len() < BATCH_FILES {
-            match jobs.try_recv() {
-                Ok(j) if data_len(&j.node) <= SMALL && bytes + data_len(&j.node) <= BATCH_BYTES => {
-                    bytes += data_len(&j.node);
-                    batch.push(j);
-                }
-                Ok(j) => {
-                    next = Some(j);
-                    break;
-                }
-                Err(_) => break,
+            let Ok(j) = jobs.try_recv() else { break };
+            let len = data_len(&j.node);
+            if len > SMALL || bytes + len > BATCH_BYTES {
+                next = Some(j);
+                break;
             }
+            bytes += len;
+            batch.push(j);
         }
         let mut got = HashMap::new();
         if batch.len() > 1 {
