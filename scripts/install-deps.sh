@@ -7,6 +7,7 @@ packages=(
   librocksdb-dev   # RocksDB, linked instead of a 40-minute bundled C++ build
   libclang-dev     # bindgen for librocksdb-sys
   pkg-config
+  gcc              # the linker for Rust, and ring's assembly (the AEAD)
   fuse3            # fusermount3 and /dev/fuse for `tiervault mount`
   attr acl         # setfattr/setfacl for the metadata tests
   rsync            # copies in tests and the benchmark

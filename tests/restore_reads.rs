@@ -1,6 +1,7 @@
 //! How `restore` reads: small files are restored in batches whose chunks,
-//! neighbours in a pack, come with few ranged reads; a damaged chunk fails
-//! its own file only.
+//! neighbours in a pack, come with few ranged reads; a large file is read a
+//! window at a time, and a chunk it repeats is read once; a damaged chunk
+//! fails its own file only.
 
 mod common;
 
@@ -23,21 +24,23 @@ fn content(i: usize) -> Vec<u8> {
     common::random_bytes(1000 + i * 37, i as u64)
 }
 
-#[test]
-fn small_files_are_read_together_and_a_damaged_one_fails_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    for i in 0..FILES {
-        std::fs::write(src.join(name(i)), content(i)).unwrap();
-    }
-    let tier_dir = dir.path().join("repo");
+/// A repository at `dir/repo` with one backup of `src`, opened again on a
+/// tier that counts ranged reads of packs, and a function restoring its
+/// revision into a directory, giving the summary and the reads it took.
+fn backed_up(
+    dir: &Path,
+    src: &Path,
+) -> (
+    Arc<Repository>,
+    impl Fn(&Path) -> (restore::RestoreSummary, u64),
+) {
+    let tier_dir = dir.join("repo");
     let kdf = KdfParams {
         m_cost_kib: 1024,
         t_cost: 1,
         p_cost: 1,
     };
-    let cache = dir.path().join("cache");
+    let cache = dir.join("cache");
     let repo = Repository::init(
         Box::new(LocalTier::new(&tier_dir)),
         Some(b"pw"),
@@ -45,7 +48,7 @@ fn small_files_are_read_together_and_a_damaged_one_fails_alone() {
         &cache,
     );
     let opts = BackupOptions {
-        paths: vec![src.clone()],
+        paths: vec![src.to_path_buf()],
         ..BackupOptions::default()
     };
     backup::run(Arc::new(repo.unwrap()), &opts).unwrap();
@@ -55,16 +58,30 @@ fn small_files_are_read_together_and_a_damaged_one_fails_alone() {
         Repository::open_named(Box::new(tier), &|| Ok(b"pw".to_vec()), &cache, "restore").unwrap(),
     );
     let tree = repo.revisions().unwrap()[0].1.tree;
-    let restore_into = |target: &Path| {
+    let r = repo.clone();
+    let restore_into = move |target: &Path| {
         let opts = RestoreOptions {
             target: target.to_path_buf(),
             workers: 4,
             ..RestoreOptions::default()
         };
         let before = reads.load(Ordering::SeqCst);
-        let sum = restore::run(repo.clone(), &tree, None, b"", &opts).unwrap();
+        let sum = restore::run(r.clone(), &tree, None, b"", &opts).unwrap();
         (sum, reads.load(Ordering::SeqCst) - before)
     };
+    (repo, restore_into)
+}
+
+#[test]
+fn small_files_are_read_together_and_a_damaged_one_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..FILES {
+        std::fs::write(src.join(name(i)), content(i)).unwrap();
+    }
+    let tier_dir = dir.path().join("repo");
+    let (repo, restore_into) = backed_up(dir.path(), &src);
     let restored = |target: &Path| target.join(src.strip_prefix("/").unwrap());
 
     let first = dir.path().join("first");
@@ -100,4 +117,60 @@ fn small_files_are_read_together_and_a_damaged_one_fails_alone() {
             name(i)
         );
     }
+}
+
+#[test]
+fn a_large_file_is_read_in_windows_its_repeats_once_and_a_damaged_chunk_fails_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // A 4 MiB block eight times, then a tail: after the first repeat the
+    // chunker cuts the same chunks again.
+    let block = common::random_bytes(4 << 20, 7);
+    let mut big = Vec::new();
+    for _ in 0..8 {
+        big.extend_from_slice(&block);
+    }
+    big.extend_from_slice(&common::random_bytes(3 << 20, 8));
+    std::fs::write(src.join("big.img"), &big).unwrap();
+    std::fs::write(src.join("small"), b"next to it").unwrap();
+    let tier_dir = dir.path().join("repo");
+    let (repo, restore_into) = backed_up(dir.path(), &src);
+    let restored = |target: &Path| target.join(src.strip_prefix("/").unwrap());
+
+    let chunks = common::chunks_of(&repo, &src.join("big.img"));
+    let distinct: std::collections::HashSet<_> = chunks.iter().collect();
+    assert!(
+        chunks.len() >= 2 * distinct.len(),
+        "the file repeats its chunks: {} chunks, {} distinct",
+        chunks.len(),
+        distinct.len()
+    );
+
+    let first = dir.path().join("first");
+    let (sum, n) = restore_into(&first);
+    assert_eq!((sum.files, sum.errors), (2, 0));
+
+    assert!(std::fs::read(restored(&first).join("big.img")).unwrap() == big);
+    // Each distinct chunk is read once at most (and the small file once);
+    // without the cache of recent chunks, every chunk was read.
+    assert!(
+        n <= distinct.len() as u64 + 1,
+        "{n} ranged reads for {} chunks, {} distinct",
+        chunks.len(),
+        distinct.len()
+    );
+
+    // A chunk past the first window, in the tail, read only there.
+    let tail = *chunks.last().unwrap();
+    assert_eq!(chunks.iter().filter(|c| **c == tail).count(), 1);
+    common::damage_blob(&repo, &tier_dir, &tail);
+    let second = dir.path().join("second");
+    let (sum, _) = restore_into(&second);
+    assert_eq!((sum.files, sum.errors), (1, 1));
+    assert!(!restored(&second).join("big.img").exists());
+    assert_eq!(
+        std::fs::read(restored(&second).join("small")).unwrap(),
+        b"next to it"
+    );
 }

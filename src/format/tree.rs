@@ -78,6 +78,13 @@ pub enum Segment {
 }
 
 impl Segment {
+    /// The chunk of a data segment; None for a hole.
+    pub fn data_id(&self) -> Option<BlobId> {
+        match self {
+            Segment::Data { id, .. } => Some(*id),
+            Segment::Hole { .. } => None,
+        }
+    }
     pub fn len(&self) -> u64 {
         match self {
             Segment::Data { len, .. } => u64::from(*len),

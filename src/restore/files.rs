@@ -4,6 +4,7 @@ use super::{Counters, FileJob};
 use crate::format::tree::{Node, NodeKind, Segment};
 use crate::format::BlobId;
 use crate::fsmeta;
+use crate::lru::Lru;
 use crate::repo::Repository;
 use crossbeam_channel::Receiver;
 use std::collections::HashMap;
@@ -11,15 +12,34 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Files with at most this much data are restored in batches.
 const SMALL: u64 = 1 << 20;
 /// A batch holds at most this many files, and this much data.
 const BATCH_FILES: usize = 64;
 const BATCH_BYTES: u64 = 4 << 20;
+/// The chunks of a larger file are read this much at a time, the window
+/// split among the cores, so that one huge file (a disk image) is decoded
+/// on every core, and its neighbouring chunks come with one ranged read.
+const WINDOW_BYTES: u64 = 8 << 20;
+
+/// Decoded chunks kept for chunks that come again (the same block repeated
+/// in a file or across files, which deduplication stores once): read and
+/// decoded once while they are among the most recent this many bytes.
+const RECENT_BYTES: usize = 32 << 20;
 
 /// A chunk read for a batch, or the error that reading it gave.
-type Chunk = Result<Vec<u8>, String>;
+type Chunk = Result<Arc<Vec<u8>>, String>;
+
+/// The chunks the workers decoded last, shared by them.
+pub(crate) struct Recent(Mutex<Lru<BlobId, Arc<Vec<u8>>>>);
+
+impl Default for Recent {
+    fn default() -> Self {
+        Self(Mutex::new(Lru::new(RECENT_BYTES)))
+    }
+}
 
 fn data_len(node: &Node) -> u64 {
     node.segments()
@@ -34,7 +54,7 @@ fn data_len(node: &Node) -> u64 {
 /// `Repository::read_blobs_cached`: files written together lie side by side
 /// in a pack, so one ranged read serves many of them, which is what a
 /// restore of many small files from a remote tier waits on.
-pub(crate) fn worker(repo: &Repository, jobs: &Receiver<FileJob>, c: &Counters) {
+pub(crate) fn worker(repo: &Repository, recent: &Recent, jobs: &Receiver<FileJob>, c: &Counters) {
     let mut next = None;
     loop {
         let Some(first) = next.take().or_else(|| jobs.recv().ok()) else {
@@ -58,25 +78,93 @@ pub(crate) fn worker(repo: &Repository, jobs: &Receiver<FileJob>, c: &Counters) 
             let ids: Vec<BlobId> = batch
                 .iter()
                 .flat_map(|j| j.node.segments())
-                .filter_map(|s| match s {
-                    Segment::Data { id, .. } => Some(*id),
-                    _ => None,
-                })
+                .filter_map(Segment::data_id)
                 .collect();
-            // A chunk that fails here failed on every tier, read alone too;
-            // its error goes to its file.
-            repo.read_blobs_cached(&ids, None, &mut |id, res| {
-                got.insert(*id, res.map_err(|e| e.to_string()));
-            });
+            // Other workers keep the cores busy: one part, so that
+            // neighbours come with one ranged read.
+            got = read_chunks(repo, recent, &ids, 1);
         }
         for job in batch {
-            restore_one(repo, &job, &got, c);
+            restore_one(repo, recent, &job, &got, c);
         }
     }
 }
 
-fn restore_one(repo: &Repository, job: &FileJob, got: &HashMap<BlobId, Chunk>, c: &Counters) {
-    match write_content(repo, &job.path, &job.node, got) {
+/// The chunks of `ids`: those in `recent`, and the others read with
+/// `Repository::read_blobs_cached`, split into at most `parts` parts read
+/// side by side. A chunk that fails here failed on every tier, read alone
+/// too; its error goes to its file.
+fn read_chunks(
+    repo: &Repository,
+    recent: &Recent,
+    ids: &[BlobId],
+    parts: usize,
+) -> HashMap<BlobId, Chunk> {
+    use rayon::prelude::*;
+    let mut got = HashMap::new();
+    let mut wanted = Vec::new();
+    {
+        let mut r = recent.0.lock().expect("recent chunks");
+        for id in ids {
+            match r.get(id) {
+                Some(d) => {
+                    got.insert(*id, Ok(d));
+                }
+                None => wanted.push(*id),
+            }
+        }
+    }
+    let read = |part: &[BlobId]| {
+        let mut got = HashMap::new();
+        repo.read_blobs_cached(part, None, &mut |id, res| {
+            got.insert(*id, res.map(Arc::new).map_err(|e| e.to_string()));
+        });
+        got
+    };
+    let parts = parts.min(wanted.len());
+    let read = if parts <= 1 {
+        read(&wanted)
+    } else {
+        wanted
+            .par_chunks(wanted.len().div_ceil(parts))
+            .map(read)
+            .reduce(HashMap::new, |mut a, b| {
+                a.extend(b);
+                a
+            })
+    };
+    let mut r = recent.0.lock().expect("recent chunks");
+    for (id, res) in read {
+        if let Ok(d) = &res {
+            r.put(id, d.clone(), d.len());
+        }
+        got.insert(id, res);
+    }
+    got
+}
+
+/// From segment `from`, the data chunks of the next window and the index
+/// of the segment after it.
+fn next_window(segs: &[Segment], from: usize) -> (Vec<BlobId>, usize) {
+    let (mut ids, mut bytes, mut end) = (Vec::new(), 0, from);
+    while end < segs.len() && bytes < WINDOW_BYTES {
+        if let Some(id) = segs[end].data_id() {
+            ids.push(id);
+            bytes += segs[end].len();
+        }
+        end += 1;
+    }
+    (ids, end)
+}
+
+fn restore_one(
+    repo: &Repository,
+    recent: &Recent,
+    job: &FileJob,
+    got: &HashMap<BlobId, Chunk>,
+    c: &Counters,
+) {
+    match write_content(repo, recent, &job.path, &job.node, got) {
         Ok(bytes) => {
             c.files.fetch_add(1, Ordering::Relaxed);
             c.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -95,9 +183,10 @@ fn restore_one(repo: &Repository, job: &FileJob, got: &HashMap<BlobId, Chunk>, c
 }
 
 /// Writes a file's data: chunks from `got` (read for its batch, or failed
-/// there), or read now.
+/// there), or read now, a window at a time (`next_window`).
 fn write_content(
     repo: &Repository,
+    recent: &Recent,
     path: &Path,
     node: &Node,
     got: &HashMap<BlobId, Chunk>,
@@ -111,15 +200,22 @@ fn write_content(
         .open(path)?;
     let mut off = 0u64;
     let mut written = 0u64;
-    for seg in node.segments() {
+    let segs = node.segments();
+    let (mut window, mut window_end) = (HashMap::new(), 0);
+    for (k, seg) in segs.iter().enumerate() {
         if let Segment::Data { id, .. } = seg {
+            if !got.contains_key(id) && k >= window_end {
+                let ids;
+                (ids, window_end) = next_window(segs, k);
+                window = read_chunks(repo, recent, &ids, rayon::current_num_threads());
+            }
             let read;
-            let data = match got.get(id) {
-                Some(Ok(d)) => d,
+            let data = match got.get(id).or_else(|| window.get(id)) {
+                Some(Ok(d)) => &d[..],
                 Some(Err(e)) => anyhow::bail!("{e}"),
                 None => {
                     read = repo.read_blob(id)?;
-                    &read
+                    &read[..]
                 }
             };
             f.write_all_at(data, off)?;

@@ -102,13 +102,14 @@ pub fn run(
     let target = std::fs::canonicalize(&opts.target)
         .map_err(|e| RepoError::Config(format!("cannot resolve {}: {e}", opts.target.display())))?;
     let counters = Counters::default();
+    let recent = files::Recent::default();
     let (tx, rx) = bounded::<FileJob>(256);
     let mut summary = RestoreSummary::default();
     // The scope ends only when every worker has drained the queue.
     let (links, dirs, others) = std::thread::scope(|s| -> Result<_> {
         for _ in 0..opts.workers.max(1) {
-            let (rx, repo, c) = (rx.clone(), &repo, &counters);
-            s.spawn(move || files::worker(repo, &rx, c));
+            let (rx, repo, recent, c) = (rx.clone(), &repo, &recent, &counters);
+            s.spawn(move || files::worker(repo, recent, &rx, c));
         }
         drop(rx);
         let mut w = Walk {

@@ -219,6 +219,15 @@ impl Tier for CountingTier {
 /// The id of the first data chunk of the backed-up file at `path`, in the
 /// first revision of `repo`.
 pub fn chunk_of(repo: &Repository, path: &Path) -> BlobId {
+    match chunks_of(repo, path).first() {
+        Some(id) => *id,
+        None => panic!("{} has no data chunk", path.display()),
+    }
+}
+
+/// The data chunks of the backed-up file at `path`, in file order, in the
+/// first revision of `repo`.
+pub fn chunks_of(repo: &Repository, path: &Path) -> Vec<BlobId> {
     let mut tree = repo.revisions().unwrap()[0].1.tree;
     let comps: Vec<_> = path.strip_prefix("/").unwrap().components().collect();
     for (n, comp) in comps.iter().enumerate() {
@@ -226,10 +235,11 @@ pub fn chunk_of(repo: &Repository, path: &Path) -> BlobId {
         let name = comp.as_os_str().as_encoded_bytes();
         let node = nodes.iter().find(|x| x.name == name).unwrap();
         if n + 1 == comps.len() {
-            let Some(Segment::Data { id, .. }) = node.segments().first() else {
-                panic!("{} has no data chunk", path.display());
-            };
-            return *id;
+            return node
+                .segments()
+                .iter()
+                .filter_map(Segment::data_id)
+                .collect();
         }
         tree = node.subtree().unwrap();
     }
