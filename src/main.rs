@@ -38,7 +38,15 @@ fn main() {
         eprintln!("tiervault: internal error: {info}; please report this");
     }));
     let cli = cli::args::Cli::parse();
-    let code = match cli::run(cli) {
+    let result = cli::run(cli);
+    if cli::stopping() {
+        // Interrupted: the stopping thread closes the connections and ends
+        // the process by the signal.
+        loop {
+            std::thread::park();
+        }
+    }
+    let code = match result {
         Ok(c) => c,
         Err(e) => {
             eprintln!("tiervault: error: {e:#}");

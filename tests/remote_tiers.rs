@@ -233,6 +233,51 @@ fn masters_left_by_a_killed_command_are_closed_by_the_next() {
     no_ssh_left_for(&sshd);
 }
 
+/// Ctrl-C in the middle of a backup to a local and an SFTP tier: the
+/// command ends by the signal, as by default, with its `ssh` masters
+/// closed on the way out (no other command runs to sweep them), and
+/// without putting the SFTP tier on record as behind: closing its
+/// connection is not a failure of the tier. The repository is whole.
+#[test]
+fn an_interrupted_backup_closes_its_ssh_masters_and_ends_by_the_signal() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new();
+    let sshd = Sshd::start(env.dir.path());
+    let sftp_dir = env.path("sftp-tier");
+    let local = env.path("local");
+    let tv = Tv::new(&[s(&local), &sshd.location(&sftp_dir)], &env.path("cache"));
+    tv.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..12 {
+        std::fs::write(src.join(format!("f{i}")), random_bytes(8 << 20, i)).unwrap();
+    }
+    let child = tv.backup_until_pack(&src, &sftp_dir);
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGINT),
+        "{:?}: {err}",
+        out.status
+    );
+    assert!(err.contains("interrupted by Ctrl-C"), "{err}");
+    no_ssh_left_for(&sshd);
+    let st = tier_status(&tv);
+    assert!(st.iter().all(|t| t["synchronised"] == true), "{st:?}");
+    tv.ok(&["check", "--read-data"]);
+    // The interrupted backup stored no revision; the next one completes,
+    // after giving each tier what the cut-off writes left on the other.
+    tv.ok(&["backup", s(&src)]);
+    let objects = |root: &Path| common::objects_under(root, &["data", "index", "revisions"]);
+    assert_eq!(objects(&local), objects(&sftp_dir));
+    Tv::new(&[&sshd.location(&sftp_dir)], &env.path("cache-sftp")).ok(&["check", "--read-data"]);
+    tv.restores(&src, &env.path("restored"));
+    no_ssh_left_for(&sshd);
+}
+
 #[test]
 fn a_tier_that_goes_down_mid_backup_catches_up_with_sync() {
     let env = Env::new();

@@ -156,3 +156,102 @@ fn a_tier_without_a_repository_is_left_out() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
 }
+
+fn data_objects(root: &Path) -> std::collections::BTreeSet<std::path::PathBuf> {
+    common::objects_under(root, &["data"])
+}
+
+/// A backup killed while it writes packs to two tiers at once can leave a
+/// pack on one tier only, with both tiers at the same revision. The next
+/// backup would adopt that pack and deduplicate against it, so the other
+/// tier would lack data its index names. The killed run's write session
+/// is still open on record: the next backup first gives each tier what
+/// the other holds, and then each tier, checked alone, is whole.
+#[test]
+fn a_write_cut_off_between_tiers_is_reconciled_by_the_next_backup() {
+    cut_off_between_tiers(false);
+}
+
+/// The same without the record of the cut-off session (its state
+/// directory was lost): the next backup copies each leftover pack to the
+/// tier that lacks it before reusing it.
+#[test]
+fn a_leftover_pack_on_one_tier_is_copied_to_the_other_before_it_is_reused() {
+    cut_off_between_tiers(true);
+}
+
+fn cut_off_between_tiers(lose_record: bool) {
+    let env = Env::new();
+    let (a, b) = (env.path("tier-a"), env.path("tier-b"));
+    let cache = env.path("cache");
+    ok(tv(&[&a, &b], &cache).args(["init", "--kdf-memory", "1024", "--kdf-iterations", "1"]));
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    random_file(&src.join("first"), 1 << 20);
+    let o = ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+    let quiet = |o: &std::process::Output| {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("stopped before it finished"), "{err}");
+    };
+    quiet(&o);
+    let before = data_objects(&a);
+    for i in 0..24u64 {
+        fs::write(
+            src.join(format!("more{i:02}")),
+            common::random_bytes(8 << 20, 100 + i),
+        )
+        .unwrap();
+    }
+    let mut child = tv(&[&a, &b], &cache)
+        .arg("backup")
+        .arg(&src)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while data_objects(&a).len() <= before.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new pack reached tier A"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the backup ended before the kill");
+    // What the killed run wrote reached tier A only.
+    let cut: Vec<_> = data_objects(&a).difference(&before).cloned().collect();
+    assert!(!cut.is_empty());
+    for p in &cut {
+        let _ = fs::remove_file(b.join(p));
+    }
+    if lose_record {
+        let state = cache.with_extension("state");
+        let mut gone = 0;
+        for d in fs::read_dir(&state).unwrap().flatten() {
+            if d.path().join("sessions").exists() {
+                fs::remove_dir_all(d.path().join("sessions")).unwrap();
+                gone += 1;
+            }
+        }
+        assert_eq!(gone, 1, "no record of the session in {}", state.display());
+    }
+
+    let o = ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+    let err = String::from_utf8_lossy(&o.stderr);
+    if lose_record {
+        assert!(!err.contains("stopped before it finished"), "{err}");
+    } else {
+        assert!(err.contains("stopped before it finished"), "{err}");
+        assert!(
+            err.contains("the tiers hold the same objects again"),
+            "{err}"
+        );
+    }
+    assert_eq!(data_objects(&a), data_objects(&b));
+    ok(tv(&[&b], &env.path("cache-b")).args(["check", "--read-data"]));
+    ok(tv(&[&a], &env.path("cache-a")).args(["check", "--read-data"]));
+    // Reconciled once: the next backup has nothing to mend.
+    quiet(&ok(tv(&[&a, &b], &cache).arg("backup").arg(&src)));
+}

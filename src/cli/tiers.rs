@@ -105,6 +105,7 @@ pub fn sync(s: &Settings) -> anyhow::Result<i32> {
 pub fn takeover(s: &Settings) -> anyhow::Result<i32> {
     let repo = s.open()?;
     repo.begin_write(true)?;
+    repo.end_write();
     if !s.quiet {
         println!("this installation is now the writer of the repository on every online tier");
     }

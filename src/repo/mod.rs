@@ -261,6 +261,7 @@ impl Repository {
         let repo = Self::finish_open(store, keys, config, cache_root, index)?;
         // Every tier starts at revision 1, written by this installation.
         repo.begin_write(false)?;
+        repo.end_write();
         Ok(repo)
     }
 
@@ -374,6 +375,7 @@ impl Repository {
         let root = default_state_root();
         LocalTiers {
             file: root.join(&self.config.id).join("tiers.json"),
+            sessions: root.join(&self.config.id).join("sessions"),
             installation: root.join("installation"),
         }
     }
@@ -748,8 +750,19 @@ impl Repository {
 /// (`default_state_root`).
 pub struct LocalTiers {
     file: PathBuf,
+    /// One file per open write session, `<pid>-<random>`, locked (`flock`)
+    /// by its process while the session is open: a file nobody holds is a
+    /// session its process left open.
+    sessions: PathBuf,
     installation: PathBuf,
 }
+
+/// The session files this process holds open and locked, by sessions
+/// directory (one per repository): the file, its lock, and how many
+/// sessions of this process share it.
+type Held = std::collections::HashMap<PathBuf, (PathBuf, std::fs::File, usize)>;
+static SESSIONS: std::sync::LazyLock<std::sync::Mutex<Held>> =
+    std::sync::LazyLock::new(Default::default);
 
 impl LocalTiers {
     fn load(&self) -> std::collections::BTreeMap<String, u64> {
@@ -788,6 +801,93 @@ impl crate::tier::set::LocalState for LocalTiers {
     }
     fn host(&self) -> String {
         hostname()
+    }
+    fn open_session(&self) {
+        use std::os::fd::AsRawFd;
+        let mut held = SESSIONS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = held.get_mut(&self.sessions) {
+            s.2 += 1;
+            return;
+        }
+        let name = format!(
+            "{}-{}",
+            std::process::id(),
+            hex::encode(rand::random::<[u8; 4]>())
+        );
+        // Locked under a dot name, then renamed into place: a sweep never
+        // sees a session file that is not locked yet.
+        let tmp = self.sessions.join(format!(".{name}"));
+        let path = self.sessions.join(&name);
+        let made = std::fs::create_dir_all(&self.sessions)
+            .and_then(|()| std::fs::File::create(&tmp))
+            .and_then(|f| {
+                // SAFETY: flock on an open descriptor; the lock goes with `f`.
+                if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Durable before any tier is written: a power cut must not
+                // lose it.
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                for d in [Some(&*self.sessions), self.sessions.parent()]
+                    .into_iter()
+                    .flatten()
+                {
+                    std::fs::File::open(d)?.sync_all()?;
+                }
+                Ok(f)
+            });
+        match made {
+            Ok(f) => {
+                held.insert(self.sessions.clone(), (path, f, 1));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                eprintln!(
+                    "warning: cannot record the write session in {}: {e}; if it is cut off, run \
+                     `tiervault sync` before the next backup",
+                    self.sessions.display()
+                );
+            }
+        }
+    }
+    fn close_session(&self) {
+        let mut held = SESSIONS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = held.get_mut(&self.sessions) {
+            s.2 -= 1;
+            if s.2 == 0 {
+                if let Some((path, _f, _)) = held.remove(&self.sessions) {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+    }
+    fn sessions_left_open(&self) -> Vec<String> {
+        use std::os::fd::AsRawFd;
+        let Ok(dir) = std::fs::read_dir(&self.sessions) else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .filter(|n| {
+                // Read and write: NFS emulates flock with fcntl locks, which
+                // need a descriptor open for writing.
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(self.sessions.join(n));
+                // SAFETY: flock on an open descriptor; the lock goes with it.
+                f.is_ok_and(|f| unsafe {
+                    libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0
+                })
+            })
+            .collect()
+    }
+    fn forget_sessions(&self, names: &[String]) {
+        for n in names {
+            let _ = std::fs::remove_file(self.sessions.join(n));
+        }
     }
     fn set_last_revision(&self, tier: &str, rev: u64) {
         if let Some(dir) = self.file.parent() {

@@ -334,6 +334,16 @@ pub fn adopt_unindexed_packs(repo: &Repository) -> Result<usize> {
         if indexed {
             continue;
         }
+        // A leftover may be on some tiers only (its session was cut off
+        // between them): it is reused only once every synchronised tier
+        // holds it, else its data is stored again.
+        if !repo.tiers().spread(&names::pack(pack)) {
+            eprintln!(
+                "note: {} is not on every tier and cannot be copied there now; not reused",
+                names::pack(pack)
+            );
+            continue;
+        }
         match repo.read_pack_header(pack, len) {
             Ok(blobs) => {
                 repo.index().add_pack(pack, len, &blobs, false)?;

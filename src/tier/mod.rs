@@ -50,6 +50,32 @@ pub enum TierError {
     UnsupportedLocation(String),
     #[error("tier location {loc:?}: {why}")]
     BadLocation { loc: String, why: String },
+    #[error("interrupted: tiervault is stopping")]
+    Interrupted,
+}
+
+/// Set once the process is interrupted (Ctrl-C, SIGTERM; see `stop`), by
+/// the signal handler itself (`stopping_flag`).
+static STOPPING: std::sync::LazyLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// The process is about to end by a signal, and its SFTP connections are
+/// being closed: from now on a write fails instead of completing on some
+/// tiers only, remote calls are neither made nor retried, and no tier is
+/// marked offline or put on record as behind because of what the closing
+/// does to it.
+pub fn stop() {
+    STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether `stop` was called.
+pub fn stopping() -> bool {
+    STOPPING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// The flag behind `stop`, for a signal handler to set.
+pub fn stopping_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    STOPPING.clone()
 }
 
 impl TierError {

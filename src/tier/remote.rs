@@ -41,6 +41,23 @@ fn block_on<F: std::future::Future>(fut: F) -> F::Output {
     }
 }
 
+/// Waits, at most `limit`, until no remote call is in flight (each holds
+/// the runtime's read lock while it runs). A call may open a new pooled
+/// connection, with a new `ssh` master; once `tier::stop` refuses new
+/// calls, no connection is opened after this returns `true`.
+pub fn wait_idle(limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if RT.try_write().is_ok() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Clients of dropped tiers and replaced clients (see `retire`), newest
 /// last.
 static RETIRED: std::sync::Mutex<Vec<Operator>> = std::sync::Mutex::new(Vec::new());
@@ -290,6 +307,9 @@ impl RemoteTier {
         let mut delay = Duration::from_millis(100);
         let mut attempt = 1;
         loop {
+            if super::stopping() {
+                return Err(TierError::Interrupted);
+            }
             match block_on(f()) {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_temporary() || is_connection(&e) => {

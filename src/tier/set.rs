@@ -86,6 +86,15 @@ pub trait LocalState: Send + Sync {
     fn installation(&self) -> String;
     fn host(&self) -> String;
     fn set_last_revision(&self, tier: &str, rev: u64);
+    /// Marks a write session of this process as open until
+    /// `close_session`. A process that stops in the middle of one (Ctrl-C,
+    /// a crash, a kill) leaves it open.
+    fn open_session(&self);
+    fn close_session(&self);
+    /// The sessions that stopped processes left open (their names).
+    fn sessions_left_open(&self) -> Vec<String>;
+    /// Drops sessions left open, once the tiers are reconciled.
+    fn forget_sessions(&self, names: &[String]);
 }
 
 pub struct TierSet {
@@ -97,6 +106,9 @@ pub struct TierSet {
     demoted: AtomicBool,
     /// Set when a write starts; an ongoing sync stops at its next check.
     writing: AtomicBool,
+    /// Sessions left open that a reconcile covered for the online tiers
+    /// only (see `reconcile`).
+    left_open: Mutex<Vec<String>>,
     /// The local state of the current write session.
     local: Mutex<Option<std::sync::Arc<dyn LocalState>>>,
 }
@@ -137,6 +149,7 @@ impl TierSet {
             repairs: Mutex::new(Vec::new()),
             demoted: AtomicBool::new(false),
             writing: AtomicBool::new(false),
+            left_open: Mutex::new(Vec::new()),
             local: Mutex::new(None),
         }
     }
@@ -158,12 +171,21 @@ impl TierSet {
             .collect()
     }
 
+    /// Online and synchronised: a tier that writes go to.
+    fn writable(&self, i: usize) -> bool {
+        let s = self.state(i);
+        s.online && s.synced
+    }
+
     fn state(&self, i: usize) -> std::sync::MutexGuard<'_, MemberState> {
         self.members[i].st.lock().expect("tier state")
     }
 
     /// Marks tier `i` offline after `e` (it is probed again later).
     pub fn mark_offline(&self, i: usize, e: &TierError) {
+        if super::stopping() {
+            return;
+        }
         let mut s = self.state(i);
         if s.online {
             eprintln!("warning: {e}; carrying on without it");
@@ -249,7 +271,7 @@ impl TierSet {
                                 .expect("repairs")
                                 .push((t.name().to_string(), key.to_string()));
                         }
-                        TierError::NotFound { .. } => {}
+                        TierError::NotFound { .. } | TierError::Interrupted => {}
                         _ => {
                             eprintln!("warning: {e}; trying the next tier");
                             self.state(i).last_error = Some(e.to_string());
@@ -319,6 +341,9 @@ impl TierSet {
                 said = true;
             }
             std::thread::sleep(Duration::from_secs(2));
+            if super::stopping() {
+                return Err(TierError::Interrupted);
+            }
             for i in 0..self.members.len() {
                 if !self.state(i).synced && !none_synced {
                     continue;
@@ -341,6 +366,9 @@ impl TierSet {
     ) -> Result<(), TierError> {
         self.writing.store(true, Ordering::SeqCst);
         loop {
+            if super::stopping() {
+                return Err(TierError::Interrupted);
+            }
             let targets = self.write_targets()?;
             // The tiers are written at once, so a write costs the slowest
             // tier's time rather than the sum of them.
@@ -358,6 +386,11 @@ impl TierSet {
                 }),
                 [] => Vec::new(),
             };
+            // Closing the connections may have failed some tiers: the
+            // write is not complete anywhere, and nothing goes on record.
+            if super::stopping() {
+                return Err(TierError::Interrupted);
+            }
             let mut ok = false;
             let mut errors = Vec::new();
             for (i, r) in results {
@@ -417,6 +450,9 @@ impl TierSet {
     /// everything get a higher revision, so the lag is on record even
     /// after this process ends.
     fn fell_behind(&self, i: usize, e: &TierError) {
+        if super::stopping() {
+            return;
+        }
         if e.is_offline() {
             self.mark_offline(i, e);
         } else {
@@ -431,7 +467,7 @@ impl TierSet {
     /// session, so tiers that missed writes are behind on record. Until one
     /// tier took the new revision, it is tried again (see `end_write`).
     fn record_lag(&self) {
-        if self.demoted.load(Ordering::SeqCst) {
+        if self.demoted.load(Ordering::SeqCst) || super::stopping() {
             return;
         }
         let mut raised = false;
@@ -462,10 +498,28 @@ impl TierSet {
 
     /// Ends a write session: if a tier missed writes and that is not on
     /// record yet (every tier was away when it happened), records it now.
+    /// Also closes the session (`LocalState::close_session`), unless a
+    /// lag could not be put on record: the open session then has the next
+    /// one reconcile the tiers.
     pub fn end_write(&self) {
+        if super::stopping() {
+            return;
+        }
         let behind = (0..self.members.len()).any(|i| !self.state(i).synced);
         if behind {
             self.record_lag();
+        }
+        if !behind || self.demoted.load(Ordering::SeqCst) {
+            if let Some(l) = self.local.lock().expect("local").as_ref() {
+                l.close_session();
+                // The tiers a reconcile could not reach are behind on
+                // record now (they missed this session's writes).
+                if self.demoted.load(Ordering::SeqCst) {
+                    l.forget_sessions(&std::mem::take(
+                        &mut *self.left_open.lock().expect("left open"),
+                    ));
+                }
+            }
         }
     }
 
@@ -560,23 +614,37 @@ impl TierSet {
         }
         // Only tiers at the highest revision count: a lagging tier (one
         // that was offline at a takeover, say) is overwritten by sync.
-        let top = self.max_revision(&states);
-        for (i, st) in states.iter().enumerate() {
-            let Some(st) = st else { continue };
-            if st.revision < top {
-                continue;
+        let check = |states: &[Option<TierState>]| -> Result<(), WriteError> {
+            let top = self.max_revision(states);
+            for (i, st) in states.iter().enumerate() {
+                let Some(st) = st else { continue };
+                if st.revision < top {
+                    continue;
+                }
+                let name = self.members[i].tier.name();
+                // The writer's id decides: a revision raised by this
+                // installation's own sync (from another process, even with
+                // another state dir) is not a stranger's write.
+                if !takeover && st.writer != me {
+                    return Err(WriteError::AnotherInstallation {
+                        tier: name.to_string(),
+                        host: st.host.clone(),
+                    });
+                }
             }
-            let name = self.members[i].tier.name();
-            // The writer's id decides: a revision raised by this
-            // installation's own sync (from another process, even with
-            // another state dir) is not a stranger's write.
-            if !takeover && st.writer != me {
-                return Err(WriteError::AnotherInstallation {
-                    tier: name.to_string(),
-                    host: st.host.clone(),
-                });
-            }
+            Ok(())
+        };
+        check(&states)?;
+        // A reconcile takes a while: what it found, and what another
+        // installation may have written meanwhile, is read again.
+        if self.reconcile(local.as_ref()) {
+            states = self.refresh();
+            check(&states)?;
         }
+        if super::stopping() {
+            return Err(TierError::Interrupted.into());
+        }
+        local.open_session();
         let next = self.max_revision(&states) + 1;
         let new = TierState {
             revision: next,
@@ -584,11 +652,7 @@ impl TierSet {
             host: local.host(),
         };
         for i in 0..self.members.len() {
-            let (online, synced) = {
-                let s = self.state(i);
-                (s.online, s.synced)
-            };
-            if !(online && synced) {
+            if !self.writable(i) {
                 continue;
             }
             match self.write_state(i, &new) {
@@ -600,6 +664,87 @@ impl TierSet {
             }
         }
         Ok(())
+    }
+
+    /// Makes every online, synchronised tier hold `key`, copying it from a
+    /// tier that has it to those that lack it: for a leftover of a session
+    /// cut off (a pack a later backup adopts), which may be on some tiers
+    /// only. Whether every one holds it now.
+    pub fn spread(&self, key: &str) -> bool {
+        let mut from = None;
+        let mut lacking = Vec::new();
+        for i in 0..self.members.len() {
+            if !self.writable(i) {
+                continue;
+            }
+            match self.members[i].tier.stat(key) {
+                Ok(Some(_)) => from = from.or(Some(i)),
+                Ok(None) => lacking.push(i),
+                Err(_) => return false,
+            }
+        }
+        let Some(from) = from else {
+            return lacking.is_empty();
+        };
+        if lacking.is_empty() {
+            return true;
+        }
+        let Ok(bytes) = self.members[from].tier.get(key) else {
+            return false;
+        };
+        lacking
+            .into_iter()
+            .all(|i| self.members[i].tier.put(key, &bytes).is_ok())
+    }
+
+    /// After a write session that stopped in the middle (its process was
+    /// interrupted, crashed or killed), the tiers may differ although their
+    /// revisions agree: an object the tiers were written at once reached
+    /// some of them only, and nothing recorded it. A later backup would
+    /// then rely on it (a leftover pack is adopted and deduplicated
+    /// against). So before the next session writes, each online tier gets
+    /// what another holds and it lacks (`sync`). Until a sync completes,
+    /// the sessions stay on record and it is tried again.
+    ///
+    /// A tier offline now is left out; the sessions are then forgotten
+    /// once this session put that tier behind on record (`end_write`),
+    /// after which `sync` gives it everything. Returns whether a sync ran.
+    fn reconcile(&self, local: &dyn LocalState) -> bool {
+        let left = local.sessions_left_open();
+        if left.is_empty() {
+            return false;
+        }
+        if self.members.len() == 1 {
+            local.forget_sessions(&left);
+            return false;
+        }
+        eprintln!(
+            "the last write to these tiers stopped before it finished (Ctrl-C, a crash or a \
+             kill); copying to each tier what another one holds and it lacks"
+        );
+        let done = self.sync(local, &|| false, &mut |_, _| {});
+        self.writing.store(true, Ordering::SeqCst);
+        let all_online = (0..self.members.len()).all(|i| self.state(i).online);
+        match done {
+            Ok((true, n)) if all_online => {
+                eprintln!("the tiers hold the same objects again ({n} copied)")
+            }
+            Ok((true, n)) => {
+                eprintln!(
+                    "the online tiers hold the same objects again ({n} copied); a tier that is \
+                     offline gets them from `tiervault sync` once it is back"
+                );
+                *self.left_open.lock().expect("left open") = left;
+            }
+            Ok((false, _)) => {
+                eprintln!("warning: the tiers are not reconciled yet; `tiervault sync` finishes it")
+            }
+            Err(e) => eprintln!(
+                "warning: cannot reconcile the tiers now: {e}; `tiervault sync` does it once they \
+                 can be reached"
+            ),
+        }
+        true
     }
 
     /// Brings every online tier up to date: each gets the objects that any
@@ -616,6 +761,9 @@ impl TierSet {
         progress: &mut dyn FnMut(&str, &str),
     ) -> Result<(bool, u64), TierError> {
         self.writing.store(false, Ordering::SeqCst);
+        // Sessions cut off before now are covered by this sync, if it
+        // completes (see `reconcile`).
+        let left = local.sessions_left_open();
         let states = self.refresh();
         let online: Vec<usize> = (0..self.members.len())
             .filter(|&i| self.state(i).online)
@@ -700,6 +848,12 @@ impl TierSet {
             let mut st = self.state(i);
             st.synced = true;
             st.revision = Some(top.revision);
+        }
+        // A tier that is offline now may lack what the cut-off session
+        // wrote to the others: only a sync that reached every tier
+        // reconciles them all.
+        if online.len() == self.members.len() {
+            local.forget_sessions(&left);
         }
         Ok((true, copied))
     }
@@ -823,7 +977,7 @@ impl Tier for TierSet {
                 Err(e) => {
                     if e.is_offline() {
                         self.mark_offline(i, &e);
-                    } else {
+                    } else if !matches!(e, TierError::Interrupted) {
                         eprintln!("warning: {e}; listing the other tiers");
                     }
                     first_err.get_or_insert(e);
@@ -904,6 +1058,12 @@ mod tests {
         fn set_last_revision(&self, t: &str, r: u64) {
             self.0.lock().unwrap().insert(t.into(), r);
         }
+        fn open_session(&self) {}
+        fn close_session(&self) {}
+        fn sessions_left_open(&self) -> Vec<String> {
+            Vec::new()
+        }
+        fn forget_sessions(&self, _: &[String]) {}
     }
 
     fn rev(dir: &std::path::Path) -> u64 {

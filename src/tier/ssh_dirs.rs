@@ -171,20 +171,93 @@ fn abandoned(dir: &Path) -> bool {
 fn exit_masters(dir: &Path) -> bool {
     let mut all = true;
     for conn in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let sock = conn.path().join("master");
-        if sock.exists() {
-            all &= std::process::Command::new("ssh")
-                .arg("-S")
-                .arg(&sock)
-                .args(["-o", "BatchMode=yes", "-O", "exit", "none"])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-        }
+        all &= exit_master(&conn.path()).unwrap_or(true);
     }
     all
+}
+
+/// Asks the master of one connection directory to exit: None if it has
+/// no control socket, else whether it exited (a master that does not
+/// answer within 2 s counts as not exited).
+fn exit_master(conn: &Path) -> Option<bool> {
+    let sock = conn.join("master");
+    if !sock.exists() {
+        return None;
+    }
+    let child = std::process::Command::new("ssh")
+        .arg("-S")
+        .arg(&sock)
+        .args(["-o", "BatchMode=yes", "-O", "exit", "none"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        return Some(false);
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status.success()),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Some(false);
+            }
+        }
+    }
+}
+
+/// Closes this process's own masters, for a process about to end by a
+/// signal, whose connections cannot be closed in order (see
+/// `tier::stop`, which must come first, so that none is opened again). A
+/// connection still starting (made in the last 10 s) has no control
+/// socket yet: its master is waited for, at most 3 s in all, then left to
+/// a later sweep. The directories of closed masters, and older ones
+/// without a master (it ended by itself), are removed, then this
+/// process's own.
+pub fn close_masters() {
+    let Some(mine) = MINE.get() else { return };
+    // Calls in flight may still open connections: they end first (at most
+    // 2 s; the masters are still up, so most simply finish).
+    super::remote::wait_idle(std::time::Duration::from_secs(2));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let mut starting = false;
+        for conn in std::fs::read_dir(mine).into_iter().flatten().flatten() {
+            let dir = conn.path();
+            let Ok(meta) = conn.metadata() else { continue };
+            if !meta.is_dir() {
+                continue;
+            }
+            match exit_master(&dir) {
+                Some(true) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                Some(false) => {}
+                None => {
+                    let young = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age < std::time::Duration::from_secs(10));
+                    if young {
+                        starting = true;
+                    } else {
+                        let _ = std::fs::remove_dir_all(&dir);
+                    }
+                }
+            }
+        }
+        if !starting || std::time::Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    release();
 }
 
 /// Whether a process with this id exists (a process of another user

@@ -262,3 +262,21 @@ pub fn damage_blob(repo: &Repository, tier_dir: &Path, id: &BlobId) {
     f.read_exact_at(&mut b, at).unwrap();
     f.write_all_at(&[b[0] ^ 0xff], at).unwrap();
 }
+
+/// The objects under the directories `dirs` of a tier at `root`, relative
+/// to `root`: real ones only, not `.tmp-*` files (writes cut off by a
+/// kill, which tiervault never lists or reads).
+pub fn objects_under(root: &Path, dirs: &[&str]) -> std::collections::BTreeSet<PathBuf> {
+    dirs.iter()
+        .map(|d| root.join(d))
+        .filter(|d| d.exists())
+        .flat_map(|d| files_under(&d))
+        .filter(|p| {
+            !p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".tmp-")
+        })
+        .map(|p| p.strip_prefix(root).unwrap().to_path_buf())
+        .collect()
+}
