@@ -19,9 +19,10 @@ const SMALL: u64 = 1 << 20;
 /// A batch holds at most this many files, and this much data.
 const BATCH_FILES: usize = 64;
 const BATCH_BYTES: u64 = 4 << 20;
-/// The chunks of a larger file are read this much at a time, the window
-/// split among the cores, so that one huge file (a disk image) is decoded
-/// on every core, and its neighbouring chunks come with one ranged read.
+/// The chunks of a file not read in a batch are read about this much at
+/// a time (up to one chunk more), the window split among the cores, so
+/// that one huge file (a disk image) is decoded on every core; the
+/// neighbouring chunks of each part come with one ranged read.
 const WINDOW_BYTES: u64 = 8 << 20;
 
 /// Decoded chunks kept for chunks that come again (the same block repeated
@@ -106,6 +107,9 @@ fn read_chunks(
     {
         let mut r = recent.0.lock().expect("recent chunks");
         for id in ids {
+            if got.contains_key(id) || wanted.contains(id) {
+                continue;
+            }
             match r.get(id) {
                 Some(d) => {
                     got.insert(*id, Ok(d));
@@ -201,13 +205,20 @@ fn write_content(
     let mut off = 0u64;
     let mut written = 0u64;
     let segs = node.segments();
+    // A small file is one part: its chunks are few and neighbours.
+    let parts = if data_len(node) <= SMALL {
+        1
+    } else {
+        rayon::current_num_threads()
+    };
     let (mut window, mut window_end) = (HashMap::new(), 0);
     for (k, seg) in segs.iter().enumerate() {
         if let Segment::Data { id, .. } = seg {
             if !got.contains_key(id) && k >= window_end {
                 let ids;
                 (ids, window_end) = next_window(segs, k);
-                window = read_chunks(repo, recent, &ids, rayon::current_num_threads());
+                window.clear();
+                window = read_chunks(repo, recent, &ids, parts);
             }
             let read;
             let data = match got.get(id).or_else(|| window.get(id)) {
@@ -218,6 +229,13 @@ fn write_content(
                     &read[..]
                 }
             };
+            anyhow::ensure!(
+                data.len() as u64 == seg.len(),
+                "chunk {} holds {} bytes where the file has {}",
+                id.short(),
+                data.len(),
+                seg.len()
+            );
             f.write_all_at(data, off)?;
             written += data.len() as u64;
         }
