@@ -410,6 +410,26 @@ mod tests {
         }
     }
 
+    /// draft-irtf-cfrg-xchacha-03, appendix A.3.1.
+    #[test]
+    fn sealed_bytes_match_the_draft_test_vector() {
+        let key: [u8; 32] = std::array::from_fn(|i| 0x80 + i as u8);
+        let nonce: [u8; NONCE_LEN] = std::array::from_fn(|i| 0x40 + i as u8);
+        let aad = hex::decode("50515253c0c1c2c3c4c5c6c7").unwrap();
+        let plain = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";
+        let ct = "bd6d179d3e83d43b9576579493c0e939572a1700252bfaccbed2902c21396cbb\
+                  731c7f1b0b4aa6440bf3a82f4eda7e39ae64c6708c54c216cb96b72e1213b452\
+                  2f8c9ba40db5d945b11b69b982c1bb9e3f3fac2bc369488f76b2383565d3fff9\
+                  21f9664c97637da9768812f615c68b13b52e";
+        let tag = "c0875924c1c7987947deafd8780acf49";
+        let sealed = XChaCha(key).seal(&nonce, plain, &aad);
+        assert_eq!(hex::encode(&sealed[NONCE_LEN..]), format!("{ct}{tag}"));
+        let opened = XChaCha(key)
+            .open(&nonce, &sealed[NONCE_LEN..], &aad)
+            .unwrap();
+        assert_eq!(opened, plain);
+    }
+
     #[test]
     fn seal_detects_tampering_and_wrong_aad() {
         let k = Keys::random(true);
