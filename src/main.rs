@@ -39,7 +39,7 @@ fn main() {
     }));
     let cli = cli::args::Cli::parse();
     let result = cli::run(cli);
-    if cli::stopping() {
+    if tiervault::tier::stopping() {
         // Interrupted: the stopping thread closes the connections and ends
         // the process by the signal.
         loop {

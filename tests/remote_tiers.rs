@@ -206,6 +206,17 @@ fn commands_run_side_by_side_leave_no_ssh_master_behind() {
     no_ssh_left_for(&sshd);
 }
 
+/// `src` with 96 MiB in 12 files: a backup long enough to be cut off
+/// once its first pack is stored.
+fn big_source(env: &Env) -> PathBuf {
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..12 {
+        std::fs::write(src.join(format!("f{i}")), random_bytes(8 << 20, i)).unwrap();
+    }
+    src
+}
+
 /// A tiervault killed mid-backup cannot close its `ssh` masters; the next
 /// command that opens an SFTP tier closes them.
 #[test]
@@ -215,11 +226,7 @@ fn masters_left_by_a_killed_command_are_closed_by_the_next() {
     let sftp_dir = env.path("sftp-tier");
     let tv = Tv::new(&[&sshd.location(&sftp_dir)], &env.path("cache"));
     tv.init();
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    for i in 0..12 {
-        std::fs::write(src.join(format!("f{i}")), random_bytes(8 << 20, i)).unwrap();
-    }
+    let src = big_source(&env);
     let mut child = tv.backup_until_pack(&src, &sftp_dir);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -247,11 +254,7 @@ fn an_interrupted_backup_closes_its_ssh_masters_and_ends_by_the_signal() {
     let local = env.path("local");
     let tv = Tv::new(&[s(&local), &sshd.location(&sftp_dir)], &env.path("cache"));
     tv.init();
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    for i in 0..12 {
-        std::fs::write(src.join(format!("f{i}")), random_bytes(8 << 20, i)).unwrap();
-    }
+    let src = big_source(&env);
     let child = tv.backup_until_pack(&src, &sftp_dir);
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -286,11 +289,7 @@ fn a_tier_that_goes_down_mid_backup_catches_up_with_sync() {
     let (local, sftp) = (env.path("local"), sshd.location(&sftp_dir));
     let tv = Tv::new(&[s(&local), &sftp], &env.path("cache"));
     tv.init();
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    for i in 0..12 {
-        std::fs::write(src.join(format!("f{i}")), random_bytes(8 << 20, i)).unwrap();
-    }
+    let src = big_source(&env);
     // Stop sshd once the backup has written a pack to it.
     let child = tv.backup_until_pack(&src, &sftp_dir);
     sshd.down();

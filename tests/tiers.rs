@@ -37,12 +37,18 @@ fn random_file(p: &Path, len: usize) {
     fs::write(p, common::random_bytes(len, 3)).unwrap();
 }
 
-#[test]
-fn a_damaged_copy_on_one_tier_is_read_from_the_other() {
-    let env = Env::new();
+/// A repository on two local tiers, `tier-a` and `tier-b`, with its cache.
+fn two_tiers(env: &Env) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     let (a, b) = (env.path("tier-a"), env.path("tier-b"));
     let cache = env.path("cache");
     ok(tv(&[&a, &b], &cache).args(["init", "--kdf-memory", "1024", "--kdf-iterations", "1"]));
+    (a, b, cache)
+}
+
+#[test]
+fn a_damaged_copy_on_one_tier_is_read_from_the_other() {
+    let env = Env::new();
+    let (a, b, cache) = two_tiers(&env);
     let src = env.path("src");
     fs::create_dir_all(&src).unwrap();
     random_file(&src.join("f"), 3 << 20);
@@ -182,9 +188,7 @@ fn a_leftover_pack_on_one_tier_is_copied_to_the_other_before_it_is_reused() {
 
 fn cut_off_between_tiers(lose_record: bool) {
     let env = Env::new();
-    let (a, b) = (env.path("tier-a"), env.path("tier-b"));
-    let cache = env.path("cache");
-    ok(tv(&[&a, &b], &cache).args(["init", "--kdf-memory", "1024", "--kdf-iterations", "1"]));
+    let (a, b, cache) = two_tiers(&env);
     let src = env.path("src");
     fs::create_dir_all(&src).unwrap();
     random_file(&src.join("first"), 1 << 20);

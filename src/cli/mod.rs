@@ -115,11 +115,3 @@ fn ignored(sig: i32) -> bool {
         libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
     }
 }
-
-/// Whether the command is being stopped by a signal: the thread that
-/// closes its connections ends the process by that signal, so the command
-/// must not end it first (with its own exit code), nor report the failures
-/// that the stopping caused.
-pub fn stopping() -> bool {
-    tiervault::tier::stopping()
-}

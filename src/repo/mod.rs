@@ -490,9 +490,21 @@ impl Repository {
         loc: &BlobLoc,
         cache: Option<&cache::DiskCache>,
     ) -> Result<Vec<u8>> {
-        if let Some(p) = self.cached_blob(id, loc, cache) {
-            return Ok(p);
+        match self.cached_blob(id, loc, cache) {
+            Some(p) => Ok(p),
+            None => self.fetch_from_tiers(id, loc, cache),
         }
+    }
+
+    /// A ranged read of one blob from the tiers, falling over to the next
+    /// tier on a copy that does not verify; a good copy goes into the disk
+    /// cache.
+    fn fetch_from_tiers(
+        &self,
+        id: &BlobId,
+        loc: &BlobLoc,
+        cache: Option<&cache::DiskCache>,
+    ) -> Result<Vec<u8>> {
         let key = names::pack(&loc.pack);
         let mut plain = None;
         let mut last = None;
@@ -588,8 +600,9 @@ impl Repository {
         }
         runs.sort_by_key(|run| run.iter().map(|b| b.at).min());
         for run in runs {
+            // The disk cache was asked above: straight to the tiers.
             if let [b] = run {
-                each(&b.id, self.fetch_blob(&b.id, &b.loc, cache));
+                each(&b.id, self.fetch_from_tiers(&b.id, &b.loc, cache));
                 continue;
             }
             match self.fetch_run(run, cache) {
@@ -600,7 +613,7 @@ impl Repository {
                 }
                 None => {
                     for b in run {
-                        each(&b.id, self.fetch_blob(&b.id, &b.loc, cache));
+                        each(&b.id, self.fetch_from_tiers(&b.id, &b.loc, cache));
                     }
                 }
             }

@@ -104,10 +104,11 @@ fn read_chunks(
     use rayon::prelude::*;
     let mut got = HashMap::new();
     let mut wanted = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     {
         let mut r = recent.0.lock().expect("recent chunks");
         for id in ids {
-            if got.contains_key(id) || wanted.contains(id) {
+            if !seen.insert(*id) {
                 continue;
             }
             match r.get(id) {
@@ -217,6 +218,8 @@ fn write_content(
             if !got.contains_key(id) && k >= window_end {
                 let ids;
                 (ids, window_end) = next_window(segs, k);
+                // Emptied first: the old window's chunks are not held
+                // while the next one is read.
                 window.clear();
                 window = read_chunks(repo, recent, &ids, parts);
             }

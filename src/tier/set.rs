@@ -467,7 +467,7 @@ impl TierSet {
     /// session, so tiers that missed writes are behind on record. Until one
     /// tier took the new revision, it is tried again (see `end_write`).
     fn record_lag(&self) {
-        if self.demoted.load(Ordering::SeqCst) || super::stopping() {
+        if self.demoted.load(Ordering::SeqCst) {
             return;
         }
         let mut raised = false;
