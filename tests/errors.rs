@@ -35,6 +35,28 @@ fn wrong_password_missing_repository_and_no_password() {
         .output()
         .unwrap();
     assert_clean_error(&o, 12, "wrong password");
+    // On a machine that never opened the repository, a wrong password
+    // leaves no local index behind; the right one then opens it.
+    let fresh = env.path("fresh-cache");
+    let o = env
+        .cmd()
+        .env("TIERVAULT_CACHE_DIR", &fresh)
+        .env("TIERVAULT_PASSWORD", "wrong")
+        .arg("revisions")
+        .output()
+        .unwrap();
+    assert_clean_error(&o, 12, "wrong password");
+    let left: Vec<_> = fs::read_dir(&fresh)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let o = env
+        .cmd()
+        .env("TIERVAULT_CACHE_DIR", &fresh)
+        .arg("revisions")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
 
     let o = Command::new(env!("CARGO_BIN_EXE_tiervault"))
         .args(["-r", "/nonexistent/repo", "revisions"])

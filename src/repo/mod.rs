@@ -328,12 +328,25 @@ impl Repository {
         // The local index opens while the password is stretched: on a cold
         // start each takes tens of milliseconds, and the first mostly waits
         // for the disk while the second keeps the cores busy.
+        // A first open with a wrong password leaves nothing behind.
+        let cache_dir = cache_root.join(&config.id);
+        let new_cache = !cache_dir.exists();
         let (keys, index) = std::thread::scope(|sc| {
             let index = sc.spawn(|| open_index(cache_root, &config, index_name));
             let keys = unlock(&key_files, pw.as_deref(), &config, &loc);
             (keys, index.join().expect("opening the index panicked"))
         });
-        Self::finish_open(store, keys?, config, cache_root, index?)
+        let keys = match keys {
+            Ok(k) => k,
+            Err(e) => {
+                if new_cache {
+                    drop(index);
+                    let _ = std::fs::remove_dir_all(&cache_dir);
+                }
+                return Err(e);
+            }
+        };
+        Self::finish_open(store, keys, config, cache_root, index?)
     }
 
     fn finish_open(
