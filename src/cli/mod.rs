@@ -5,6 +5,7 @@
 pub mod args;
 mod commands;
 mod listing;
+mod prompt;
 mod settings;
 mod tiers;
 

@@ -221,18 +221,19 @@ impl Settings {
                 if !std::io::stdin().is_terminal() {
                     return Err(RepoError::NoPassword);
                 }
-                let a = rpassword::prompt_password("repository password: ")
-                    .map_err(|e| RepoError::Password(e.to_string()))?;
+                let ask = |prompt| {
+                    super::prompt::password(prompt).map_err(|e| RepoError::Password(e.to_string()))
+                };
+                let a = ask("repository password: ")?;
                 if confirm {
-                    let b = rpassword::prompt_password("repeat the password: ")
-                        .map_err(|e| RepoError::Password(e.to_string()))?;
+                    let b = ask("repeat the password: ")?;
                     if a != b {
                         return Err(RepoError::Password(
                             "the passwords differ; nothing was created".into(),
                         ));
                     }
                 }
-                a.into_bytes()
+                a
             }
         };
         if pw.is_empty() {
