@@ -48,8 +48,16 @@ impl Tv {
     }
     /// Starts `backup SRC` and returns once a pack reached `tier_dir`.
     fn backup_until_pack(&self, src: &Path, tier_dir: &Path) -> std::process::Child {
-        let child = self
-            .cmd()
+        self.backup_until_pack_as(self.cmd(), src, tier_dir)
+    }
+    /// As `backup_until_pack`, with `cmd` (this environment's binary).
+    fn backup_until_pack_as(
+        &self,
+        mut cmd: Command,
+        src: &Path,
+        tier_dir: &Path,
+    ) -> std::process::Child {
+        let child = cmd
             .args(["backup", s(src)])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -247,7 +255,20 @@ fn masters_left_by_a_killed_command_are_closed_by_the_next() {
 /// connection is not a failure of the tier. The repository is whole.
 #[test]
 fn an_interrupted_backup_closes_its_ssh_masters_and_ends_by_the_signal() {
-    use std::os::unix::process::ExitStatusExt;
+    interrupted_backup(false);
+}
+
+/// Ctrl-C in a terminal goes to the whole foreground process group: the
+/// programs the backup started get it too.
+#[test]
+fn ctrl_c_to_the_whole_process_group_ends_a_backup_as_cleanly() {
+    interrupted_backup(true);
+}
+
+/// Interrupts a backup to a local and an SFTP tier once a pack reached the
+/// SFTP tier: SIGINT to the process, or to its whole process group.
+fn interrupted_backup(whole_group: bool) {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
     let env = Env::new();
     let sshd = Sshd::start(env.dir.path());
     let sftp_dir = env.path("sftp-tier");
@@ -255,9 +276,18 @@ fn an_interrupted_backup_closes_its_ssh_masters_and_ends_by_the_signal() {
     let tv = Tv::new(&[s(&local), &sshd.location(&sftp_dir)], &env.path("cache"));
     tv.init();
     let src = big_source(&env);
-    let child = tv.backup_until_pack(&src, &sftp_dir);
+    let mut cmd = tv.cmd();
+    if whole_group {
+        cmd.process_group(0);
+    }
+    let child = tv.backup_until_pack_as(cmd, &src, &sftp_dir);
+    let target = if whole_group {
+        -(child.id() as i32)
+    } else {
+        child.id() as i32
+    };
     // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(target, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
