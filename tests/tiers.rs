@@ -186,6 +186,63 @@ fn a_leftover_pack_on_one_tier_is_copied_to_the_other_before_it_is_reused() {
     cut_off_between_tiers(true);
 }
 
+/// A backup that fails (here, a path that does not exist) closes its
+/// write session: only a process cut off leaves one open, and an open one
+/// costs the next backup a listing of every tier.
+#[test]
+fn a_backup_that_fails_closes_its_write_session() {
+    let env = Env::new();
+    let (a, b, cache) = two_tiers(&env);
+    let state = cache.with_extension("state");
+    let open_sessions = || -> Vec<std::path::PathBuf> {
+        fs::read_dir(&state)
+            .unwrap()
+            .flatten()
+            .filter_map(|d| fs::read_dir(d.path().join("sessions")).ok())
+            .flat_map(|d| d.flatten().map(|e| e.path()))
+            .collect()
+    };
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    random_file(&src.join("first"), 1 << 20);
+    ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+    assert_eq!(open_sessions(), Vec::<std::path::PathBuf>::new());
+    // Fails as it starts: the second path does not exist.
+    let o = tv(&[&a, &b], &cache)
+        .arg("backup")
+        .arg(&src)
+        .arg(env.path("no-such-dir"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert_eq!(open_sessions(), Vec::<std::path::PathBuf>::new());
+    // Fails as it ends, after its packs reached both tiers: neither can
+    // list or store revisions (a file stands where the directory was).
+    for t in [&a, &b] {
+        fs::rename(t.join("revisions"), t.join("revisions.away")).unwrap();
+        fs::write(t.join("revisions"), b"").unwrap();
+    }
+    random_file(&src.join("second"), 1 << 20);
+    let o = tv(&[&a, &b], &cache)
+        .arg("backup")
+        .arg(&src)
+        .output()
+        .unwrap();
+    for t in [&a, &b] {
+        fs::remove_file(t.join("revisions")).unwrap();
+        fs::rename(t.join("revisions.away"), t.join("revisions")).unwrap();
+    }
+    assert!(
+        !o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(open_sessions(), Vec::<std::path::PathBuf>::new());
+    let o = ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("stopped before it finished"), "{err}");
+}
+
 fn cut_off_between_tiers(lose_record: bool) {
     let env = Env::new();
     let (a, b, cache) = two_tiers(&env);

@@ -53,14 +53,14 @@ pub fn run(repo: Arc<Repository>, opts: &BackupOptions) -> Result<BackupSummary>
     let start = now();
     // Raises the tiers' revisions before anything is written (tier rule 4),
     // and stops if another installation writes here (rule 5).
-    repo.begin_write(false)?;
+    let paths = walk::normalize(&opts.paths)?;
+    let session = repo.begin_write(false)?;
     let leftovers = adopt_unindexed_packs(&repo)?;
     if leftovers > 0 {
         eprintln!(
             "indexed {leftovers} pack(s) left by an interrupted backup; their data is reused"
         );
     }
-    let paths = walk::normalize(&opts.paths)?;
     let writer = Arc::new(BlobWriter::new(repo.clone(), 2));
     let outcome = walk::Walker::run(repo.clone(), writer.clone(), opts, &paths);
     let writer =
@@ -107,7 +107,7 @@ pub fn run(repo: Arc<Repository>, opts: &BackupOptions) -> Result<BackupSummary>
         },
     };
     let id = repo.save_revision(&revision)?;
-    repo.end_write();
+    drop(session);
     repo.index().flush_files()?;
     Ok(BackupSummary {
         id,

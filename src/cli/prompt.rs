@@ -1,123 +1,135 @@
 //! Reading a password from the terminal without echoing it.
 //!
-//! Echo is turned off for the prompt. Whatever ends the prompt, Enter, the
-//! end of input, an error or a signal, turns it back on before anything
-//! else happens. A signal that arrives meanwhile (Ctrl-C, `SIGTERM`, a
-//! hangup, `SIGQUIT`) is caught, the terminal is put back as it was, the
-//! handlers from before the prompt are put back, and the signal is raised
-//! again, so it does what it would have done without the prompt: it ends a
-//! mount that is starting, and sends any other command down its usual way
-//! out (`close_connections_on_interrupt`). A signal is seen wherever it is
-//! delivered: the handler writes to a pipe the prompt waits on beside the
-//! terminal.
+//! Echo is turned off for the prompt and turned back on however the prompt
+//! ends: Enter, the end of input, an error, or a signal. For the signals
+//! that end a command (Ctrl-C, `SIGTERM`, a hangup, `SIGQUIT`), a handler
+//! of ours is in place during the prompt. Whichever thread the signal
+//! reaches, the handler itself puts the terminal back, puts back the
+//! handlers from before the prompt, and raises the signal again, so that
+//! it does what it would have done without the prompt: it ends a mount
+//! that is starting, and sends any other command down its usual way out
+//! (`close_connections_on_interrupt`). Everything the handler calls is
+//! async-signal-safe, and the state it reads is written before it is
+//! installed.
 
+use std::cell::UnsafeCell;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 
 const SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
-/// The write end of the pipe the prompt waits on, -1 outside a prompt.
-static WAKE: AtomicI32 = AtomicI32::new(-1);
-/// The signal caught during the prompt, 0 if none.
-static CAUGHT: AtomicI32 = AtomicI32::new(0);
+/// What the handler puts back: the terminal's settings and the handlers
+/// from before the prompt. Written by the prompting thread only while none
+/// of our handlers is installed.
+struct Saved {
+    termios: UnsafeCell<libc::termios>,
+    actions: UnsafeCell<[libc::sigaction; SIGNALS.len()]>,
+}
 
-extern "C" fn on_signal(sig: libc::c_int) {
-    CAUGHT.store(sig, Ordering::SeqCst);
-    let fd = WAKE.load(Ordering::SeqCst);
-    if fd >= 0 {
-        // SAFETY: write is async-signal-safe; a full pipe already wakes
-        // the prompt, so a failed write is harmless.
-        unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
+// SAFETY: see `Saved`: writes happen before the handlers that read are
+// installed, and the prompting thread is the only writer.
+unsafe impl Sync for Saved {}
+
+static SAVED: Saved = Saved {
+    // SAFETY: both are plain C structs for which all zeroes is valid.
+    termios: UnsafeCell::new(unsafe { std::mem::zeroed() }),
+    actions: UnsafeCell::new(unsafe { std::mem::zeroed() }),
+};
+/// The terminal's descriptor during a prompt.
+static TTY: AtomicI32 = AtomicI32::new(-1);
+/// Set while the terminal and handlers are ours; whoever clears it (the
+/// handler or the prompt) puts them back, once.
+static ARMED: AtomicBool = AtomicBool::new(false);
+/// Bit `i` is set when our handler is installed for `SIGNALS[i]`.
+static INSTALLED: AtomicU32 = AtomicU32::new(0);
+
+/// Puts the terminal and every handler of ours back, if still ours.
+/// Async-signal-safe.
+fn disarm() -> bool {
+    if !ARMED.swap(false, Ordering::SeqCst) {
+        return false;
     }
-}
-
-fn os_err(ret: libc::c_int) -> io::Result<()> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// Puts back, when dropped, the terminal settings and the signal handlers
-/// that were in place before the prompt.
-struct Restore {
-    tty: RawFd,
-    termios: libc::termios,
-    handlers: Vec<(libc::c_int, libc::sigaction)>,
-    /// The read and write ends of the pipe the handler writes to.
-    pipe: (OwnedFd, OwnedFd),
-}
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        // SAFETY: tcsetattr on an open descriptor with settings tcgetattr
-        // gave; sigaction with actions sigaction gave.
-        unsafe {
-            libc::tcsetattr(self.tty, libc::TCSANOW, &self.termios);
-            for (sig, old) in &self.handlers {
-                libc::sigaction(*sig, old, std::ptr::null_mut());
+    // SAFETY: tcsetattr and sigaction are async-signal-safe; SAVED was
+    // written before ARMED was set.
+    unsafe {
+        libc::tcsetattr(
+            TTY.load(Ordering::SeqCst),
+            libc::TCSANOW,
+            SAVED.termios.get(),
+        );
+        let installed = INSTALLED.swap(0, Ordering::SeqCst);
+        for (i, sig) in SIGNALS.iter().enumerate() {
+            if installed & (1 << i) != 0 {
+                libc::sigaction(*sig, &(*SAVED.actions.get())[i], std::ptr::null_mut());
             }
         }
-        WAKE.store(-1, Ordering::SeqCst);
+    }
+    true
+}
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    // SAFETY: errno is thread-local; it is restored for the interrupted code.
+    let errno = unsafe { *libc::__errno_location() };
+    disarm();
+    // If the prompt put things back first, this signal's handler may still
+    // be ours for an instant: put its old one back before raising again.
+    if let Some(i) = SIGNALS.iter().position(|&s| s == sig) {
+        // SAFETY: as in `disarm`.
+        unsafe { libc::sigaction(sig, &(*SAVED.actions.get())[i], std::ptr::null_mut()) };
+    }
+    // Pending until this handler returns (the signal is blocked while it
+    // runs), then delivered to the handler from before the prompt.
+    // SAFETY: raise is async-signal-safe.
+    unsafe {
+        libc::raise(sig);
+        *libc::__errno_location() = errno;
     }
 }
 
 /// Shows `prompt` on the terminal and reads one line there, without echo.
-/// Fails with `Interrupted` if a signal came and was handled without
-/// ending the process.
+/// Fails with `Interrupted` if a signal came and the process did not end
+/// by it at once.
 pub fn password(prompt: &str) -> io::Result<Vec<u8>> {
-    let mut tty = OpenOptions::new().read(true).write(true).open("/dev/tty")?;
+    let mut tty = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open the terminal: {e}")))?;
     let fd = tty.as_raw_fd();
-    let line = {
-        let restore = silence(fd)?;
-        tty.write_all(prompt.as_bytes())?;
-        let line = read_line(fd, restore.pipe.0.as_raw_fd());
-        drop(restore);
-        line
-    };
-    let caught = CAUGHT.swap(0, Ordering::SeqCst);
-    if caught != 0 {
+    arm(fd)?;
+    let read = tty
+        .write_all(prompt.as_bytes())
+        .and_then(|()| read_line(fd));
+    if !disarm() {
+        // A signal came: its handler put things back and raised it again.
         let _ = tty.write_all(b"\n");
-        // SAFETY: raise has no preconditions; the handler from before the
-        // prompt is back in place.
-        unsafe { libc::raise(caught) };
         return Err(io::Error::new(
             io::ErrorKind::Interrupted,
             "interrupted at the password prompt",
         ));
     }
-    line
+    read
 }
 
-/// Catches the signals and turns echo off on `fd` (echoing the newline
-/// only), returning what puts them back.
-fn silence(fd: RawFd) -> io::Result<Restore> {
-    // SAFETY: plain calls on an open descriptor and on zeroed structs of
-    // the right types; the handler only stores to an atomic and writes to
-    // a pipe.
+/// Saves the terminal's settings and the handlers, installs ours, and
+/// turns echo off on `fd` (the newline is still echoed).
+fn arm(fd: RawFd) -> io::Result<()> {
+    // SAFETY: tcgetattr, sigaction and tcsetattr on an open descriptor and
+    // valid structs; SAVED is written before any handler of ours that
+    // reads it is installed (none is: the last prompt disarmed).
     unsafe {
         let mut termios: libc::termios = std::mem::zeroed();
-        os_err(libc::tcgetattr(fd, &mut termios))?;
-        let mut ends = [0; 2];
-        os_err(libc::pipe2(
-            ends.as_mut_ptr(),
-            libc::O_CLOEXEC | libc::O_NONBLOCK,
-        ))?;
-        let pipe = (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1]));
-        CAUGHT.store(0, Ordering::SeqCst);
-        WAKE.store(ends[1], Ordering::SeqCst);
-        let mut restore = Restore {
-            tty: fd,
-            termios,
-            handlers: Vec::new(),
-            pipe,
-        };
-        for sig in SIGNALS {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0
+        if libc::tcgetattr(fd, &mut termios) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        *SAVED.termios.get() = termios;
+        TTY.store(fd, Ordering::SeqCst);
+        ARMED.store(true, Ordering::SeqCst);
+        for (i, sig) in SIGNALS.iter().enumerate() {
+            let old = &mut (*SAVED.actions.get())[i];
+            if libc::sigaction(*sig, std::ptr::null(), old) != 0
                 || old.sa_sigaction == libc::SIG_IGN
             {
                 // Ignored by whoever started us: it stays ignored.
@@ -126,55 +138,44 @@ fn silence(fd: RawFd) -> io::Result<Restore> {
             let mut new: libc::sigaction = std::mem::zeroed();
             new.sa_sigaction = on_signal as *const () as libc::sighandler_t;
             libc::sigemptyset(&mut new.sa_mask);
-            // No SA_RESTART: a read on this thread returns at once.
+            // No SA_RESTART: the prompt's read returns at once if the
+            // signal comes to its thread (other threads' blocking calls
+            // may see EINTR during the prompt too).
             new.sa_flags = 0;
-            if libc::sigaction(sig, &new, std::ptr::null_mut()) == 0 {
-                restore.handlers.push((sig, old));
+            if libc::sigaction(*sig, &new, std::ptr::null_mut()) == 0 {
+                INSTALLED.fetch_or(1 << i, Ordering::SeqCst);
             }
         }
         let mut quiet = termios;
         quiet.c_lflag &= !(libc::ECHO | libc::ECHOE | libc::ECHOK);
-        quiet.c_lflag |= libc::ECHONL;
-        os_err(libc::tcsetattr(fd, libc::TCSAFLUSH, &quiet))?;
-        Ok(restore)
-    }
-}
-
-/// Reads up to the end of a line from `tty`, or until `wake` is readable
-/// (a signal came).
-fn read_line(tty: RawFd, wake: RawFd) -> io::Result<Vec<u8>> {
-    let mut line = Vec::new();
-    loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: tty,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: wake,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: poll over two valid descriptors.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if CAUGHT.load(Ordering::SeqCst) != 0 || fds[1].revents != 0 {
-            return Err(io::ErrorKind::Interrupted.into());
-        }
-        if n < 0 {
+        quiet.c_lflag |= libc::ECHONL | libc::ICANON;
+        quiet.c_iflag |= libc::ICRNL;
+        if libc::tcsetattr(fd, libc::TCSANOW, &quiet) != 0 {
             let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
+            disarm();
             return Err(e);
         }
-        let mut buf = [0u8; 256];
+        if !ARMED.load(Ordering::SeqCst) {
+            // A signal's handler put the terminal back just before echo
+            // went off: put it back again.
+            libc::tcsetattr(fd, libc::TCSANOW, &termios);
+        }
+    }
+    Ok(())
+}
+
+/// Reads up to the end of a line from `tty` (canonical mode: each read
+/// gives at most one line). Stops early if a signal's handler put the
+/// terminal back.
+fn read_line(tty: RawFd) -> io::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
         // SAFETY: read into a buffer of the given length.
         let got = unsafe { libc::read(tty, buf.as_mut_ptr().cast(), buf.len()) };
         if got < 0 {
             let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
+            if e.kind() == io::ErrorKind::Interrupted && ARMED.load(Ordering::SeqCst) {
                 continue;
             }
             return Err(e);
@@ -186,6 +187,7 @@ fn read_line(tty: RawFd, wake: RawFd) -> io::Result<Vec<u8>> {
             break;
         }
     }
+    buf.fill(0);
     if line.last() == Some(&b'\r') {
         line.pop();
     }

@@ -104,8 +104,7 @@ pub fn sync(s: &Settings) -> anyhow::Result<i32> {
 
 pub fn takeover(s: &Settings) -> anyhow::Result<i32> {
     let repo = s.open()?;
-    repo.begin_write(true)?;
-    repo.end_write();
+    drop(repo.begin_write(true)?);
     if !s.quiet {
         println!("this installation is now the writer of the repository on every online tier");
     }

@@ -215,6 +215,19 @@ fn format_err(object: String) -> impl FnOnce(FormatError) -> RepoError {
     move |err| RepoError::Corrupt { object, err }
 }
 
+/// A write session on the tiers (`Repository::begin_write`). It ends
+/// (`TierSet::end_write`) when dropped: on success, on an error and on a
+/// panic alike, so that only a process that was killed or interrupted
+/// leaves its session open on record for the next one to reconcile.
+#[must_use = "the write session ends when this is dropped"]
+pub struct WriteSession<'a>(&'a Repository);
+
+impl Drop for WriteSession<'_> {
+    fn drop(&mut self) {
+        self.0.tiers().end_write();
+    }
+}
+
 impl Repository {
     /// Creates a repository on every tier of `store`. `password` is `None`
     /// only for `--insecure-no-encryption`.
@@ -260,8 +273,7 @@ impl Repository {
         let index = open_index(cache_root, &config, "index")?;
         let repo = Self::finish_open(store, keys, config, cache_root, index)?;
         // Every tier starts at revision 1, written by this installation.
-        repo.begin_write(false)?;
-        repo.end_write();
+        drop(repo.begin_write(false)?);
         Ok(repo)
     }
 
@@ -395,16 +407,12 @@ impl Repository {
 
     /// Starts a write session on the tiers: refuses when another
     /// installation wrote there since this one did (unless `takeover`),
-    /// and raises the tiers' revisions first.
-    pub fn begin_write(&self, takeover: bool) -> Result<()> {
-        Ok(self
-            .tiers()
-            .begin_write(std::sync::Arc::new(self.local_state()), takeover)?)
-    }
-
-    /// Ends a write session (see `TierSet::end_write`).
-    pub fn end_write(&self) {
-        self.tiers().end_write();
+    /// and raises the tiers' revisions first. The session ends when the
+    /// returned guard is dropped.
+    pub fn begin_write(&self, takeover: bool) -> Result<WriteSession<'_>> {
+        self.tiers()
+            .begin_write(std::sync::Arc::new(self.local_state()), takeover)?;
+        Ok(WriteSession(self))
     }
     pub fn keys(&self) -> &Keys {
         &self.keys
