@@ -7,6 +7,7 @@ mod common;
 use proptest::prelude::*;
 use std::fs;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tiervault::backup::{self, BackupOptions};
 use tiervault::format::crypto::KdfParams;
@@ -348,6 +349,49 @@ fn listing_a_directory_decodes_its_subdirectories_ahead() {
     let with = core.trees_cached();
     // One more: `src`, which nothing looked up.
     assert_eq!(with, without + 1, "with prefetch {with}, without {without}");
+}
+
+/// Threads that want the same directory at once (a walker and the
+/// prefetch threads ahead of it, or several programs) wait for one
+/// decoding of it instead of each reading it from the tiers.
+#[test]
+fn a_directory_wanted_by_many_threads_at_once_is_decoded_once() {
+    let fx = fixture();
+    let src = fx.dir.path().join("src");
+    let core_on = |name: &str| {
+        let (tier, reads) = common::CountingTier::slow(
+            &fx.dir.path().join("repo"),
+            std::time::Duration::from_millis(50),
+        );
+        let repo = Repository::open_named(
+            Box::new(tier),
+            &|| Ok(b"pw".to_vec()),
+            &fx.dir.path().join("cache"),
+            name,
+        )
+        .unwrap();
+        let opts = CoreOptions {
+            prefetch_threads: 0,
+            ..options(1 << 20)
+        };
+        (FsCore::new(Arc::new(repo), opts), reads)
+    };
+    let (alone, alone_reads) = core_on("walk-alone");
+    walk(&alone, &src);
+    let (decoded, reads) = (alone.trees_decoded(), alone_reads.load(Ordering::SeqCst));
+    assert!(decoded >= 3, "{decoded} trees on the way to src");
+    let (core, together_reads) = core_on("walk-together");
+    let start = std::sync::Barrier::new(6);
+    std::thread::scope(|sc| {
+        for _ in 0..6 {
+            sc.spawn(|| {
+                start.wait();
+                assert_eq!(walk(&core, &src), walk(&core, &src));
+            });
+        }
+    });
+    assert_eq!(core.trees_decoded(), decoded);
+    assert_eq!(together_reads.load(Ordering::SeqCst), reads);
 }
 
 #[test]

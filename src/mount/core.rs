@@ -363,11 +363,97 @@ impl Revs {
     }
 }
 
-/// A chunk being fetched by one thread; others wanting it wait here.
-#[derive(Default)]
-struct Pending {
-    done: Mutex<Option<Result<Arc<Vec<u8>>, String>>>,
+/// A value being fetched by one thread; others wanting it wait here.
+struct Pending<V> {
+    done: Mutex<Option<Result<V, String>>>,
     cv: Condvar,
+}
+
+impl<V: Clone> Pending<V> {
+    fn wait(&self) -> Result<V, String> {
+        let mut done = self.done.lock().expect("pending");
+        while done.is_none() {
+            done = self.cv.wait(done).expect("pending");
+        }
+        done.clone().expect("checked above")
+    }
+}
+
+/// One fetch per id however many threads want it at once: the first
+/// claims it, the others wait for its result.
+struct Flights<V> {
+    inflight: Mutex<HashMap<BlobId, Arc<Pending<V>>>>,
+}
+
+enum Flight<V> {
+    /// This thread fetches, and must `land` the result.
+    Mine(Arc<Pending<V>>),
+    /// Another thread fetches: wait for it.
+    Theirs(Arc<Pending<V>>),
+}
+
+impl<V: Clone> Flights<V> {
+    fn new() -> Self {
+        Self {
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn claim_or_join(&self, id: &BlobId) -> Flight<V> {
+        let mut m = self.inflight.lock().expect("inflight");
+        match m.get(id) {
+            Some(p) => Flight::Theirs(p.clone()),
+            None => {
+                let p = Arc::new(Pending {
+                    done: Mutex::new(None),
+                    cv: Condvar::new(),
+                });
+                m.insert(*id, p.clone());
+                Flight::Mine(p)
+            }
+        }
+    }
+
+    /// Claims `id` if no thread is fetching it.
+    fn claim(&self, id: &BlobId) -> Option<Arc<Pending<V>>> {
+        match self.claim_or_join(id) {
+            Flight::Mine(p) => Some(p),
+            Flight::Theirs(_) => None,
+        }
+    }
+
+    /// Hands a claimed fetch's result to the threads waiting for it.
+    fn land(&self, id: &BlobId, pending: &Pending<V>, res: Result<V, String>) {
+        *pending.done.lock().expect("pending") = Some(res);
+        pending.cv.notify_all();
+        self.inflight.lock().expect("inflight").remove(id);
+    }
+
+    /// `cached`, else the result of one `fetch` shared by every thread
+    /// that wants `id` meanwhile; `keep` stores a fetched value first.
+    fn get(
+        &self,
+        id: &BlobId,
+        cached: impl Fn() -> Option<V>,
+        fetch: impl FnOnce() -> Result<V, RepoError>,
+        keep: impl FnOnce(&V),
+    ) -> FsResult<V> {
+        if let Some(v) = cached() {
+            return Ok(v);
+        }
+        let pending = match self.claim_or_join(id) {
+            Flight::Theirs(p) => return p.wait().map_err(FsError::Read),
+            Flight::Mine(p) => p,
+        };
+        // Another fetch may have landed between the miss and the claim.
+        let res = match cached() {
+            Some(v) => Ok(v),
+            None => fetch().inspect(|v| keep(v)),
+        };
+        let shared = res.as_ref().map(V::clone).map_err(|e| e.to_string());
+        self.land(id, &pending, shared);
+        res.map_err(FsError::Storage)
+    }
 }
 
 /// Decoded chunks: an LRU in memory, the on-disk cache below it, and one
@@ -376,7 +462,7 @@ struct Chunks {
     repo: Arc<Repository>,
     disk: Option<DiskCache>,
     lru: Mutex<Lru<BlobId, Arc<Vec<u8>>>>,
-    inflight: Mutex<HashMap<BlobId, Arc<Pending>>>,
+    flights: Flights<Arc<Vec<u8>>>,
 }
 
 impl Chunks {
@@ -384,56 +470,24 @@ impl Chunks {
         self.lru.lock().expect("chunks").get(id)
     }
 
-    fn get(&self, id: &BlobId) -> FsResult<Arc<Vec<u8>>> {
-        if let Some(c) = self.cached(id) {
-            return Ok(c);
-        }
-        let (pending, mine) = {
-            let mut m = self.inflight.lock().expect("inflight");
-            match m.get(id) {
-                Some(p) => (p.clone(), false),
-                None => {
-                    let p = Arc::new(Pending::default());
-                    m.insert(*id, p.clone());
-                    (p, true)
-                }
-            }
-        };
-        if !mine {
-            let mut done = pending.done.lock().expect("pending");
-            while done.is_none() {
-                done = pending.cv.wait(done).expect("pending");
-            }
-            return done.clone().expect("checked above").map_err(FsError::Read);
-        }
-        // Another fetch may have finished between the miss and the claim.
-        let res = match self.cached(id) {
-            Some(c) => Ok(c),
-            None => self
-                .repo
-                .read_blob_cached(id, self.disk.as_ref())
-                .map(Arc::new),
-        };
-        self.finish(
-            id,
-            &pending,
-            res.as_ref().map(Arc::clone).map_err(|e| e.to_string()),
-        );
-        res.map_err(FsError::Storage)
+    fn keep(&self, id: &BlobId, d: &Arc<Vec<u8>>) {
+        self.lru
+            .lock()
+            .expect("chunks")
+            .put(*id, d.clone(), d.len());
     }
 
-    /// Hands a claimed fetch's result to the chunk LRU and to the readers
-    /// waiting for it.
-    fn finish(&self, id: &BlobId, pending: &Pending, res: Result<Arc<Vec<u8>>, String>) {
-        if let Ok(d) = &res {
-            self.lru
-                .lock()
-                .expect("chunks")
-                .put(*id, d.clone(), d.len());
-        }
-        *pending.done.lock().expect("pending") = Some(res);
-        pending.cv.notify_all();
-        self.inflight.lock().expect("inflight").remove(id);
+    fn get(&self, id: &BlobId) -> FsResult<Arc<Vec<u8>>> {
+        self.flights.get(
+            id,
+            || self.cached(id),
+            || {
+                self.repo
+                    .read_blob_cached(id, self.disk.as_ref())
+                    .map(Arc::new)
+            },
+            |d| self.keep(id, d),
+        )
     }
 
     /// Fetches the chunks of `ids` that are neither cached nor being
@@ -451,10 +505,7 @@ impl Chunks {
             if self.lru.lock().expect("chunks").contains(id) {
                 continue;
             }
-            let mut m = self.inflight.lock().expect("inflight");
-            if !m.contains_key(id) {
-                let p = Arc::new(Pending::default());
-                m.insert(*id, p.clone());
+            if let Some(p) = self.flights.claim(id) {
                 claimed.left.insert(*id, p);
                 order.push(*id);
             }
@@ -462,7 +513,11 @@ impl Chunks {
         self.repo
             .read_blobs_cached(&order, self.disk.as_ref(), &mut |id, res| {
                 if let Some(p) = claimed.left.remove(id) {
-                    self.finish(id, &p, res.map(Arc::new).map_err(|e| e.to_string()));
+                    let res = res.map(Arc::new).map_err(|e| e.to_string());
+                    if let Ok(d) = &res {
+                        self.keep(id, d);
+                    }
+                    self.flights.land(id, &p, res);
                 }
             });
     }
@@ -473,14 +528,15 @@ impl Chunks {
 /// so that no reader waits for it forever.
 struct Claimed<'a> {
     chunks: &'a Chunks,
-    left: HashMap<BlobId, Arc<Pending>>,
+    left: HashMap<BlobId, Arc<Pending<Arc<Vec<u8>>>>>,
 }
 
 impl Drop for Claimed<'_> {
     fn drop(&mut self) {
         for (id, p) in self.left.drain() {
             self.chunks
-                .finish(&id, &p, Err(format!("chunk {} was not read", id.short())));
+                .flights
+                .land(&id, &p, Err(format!("chunk {} was not read", id.short())));
         }
     }
 }
@@ -499,6 +555,7 @@ impl Drop for FsCore {
 struct Trees {
     repo: Arc<Repository>,
     lru: Mutex<Lru<BlobId, Arc<Vec<Node>>>>,
+    flights: Flights<Arc<Vec<Node>>>,
     /// Trees decoded so far (misses of the LRU).
     decoded: AtomicU64,
 }
@@ -512,15 +569,20 @@ impl Trees {
         self.lru.lock().expect("trees").get(id)
     }
 
+    /// The decoded tree `id`: from the LRU, or decoded once however many
+    /// threads (a walker and the prefetch threads ahead of it) want it at
+    /// once.
     fn get(&self, id: &BlobId) -> FsResult<Arc<Vec<Node>>> {
-        if let Some(t) = self.lru.lock().expect("trees").get(id) {
-            return Ok(t);
-        }
-        let nodes = Arc::new(self.repo.load_tree(id)?);
-        self.decoded.fetch_add(1, Ordering::Relaxed);
-        let w = tree_weight(&nodes);
-        self.lru.lock().expect("trees").put(*id, nodes.clone(), w);
-        Ok(nodes)
+        self.flights.get(
+            id,
+            || self.cached(id),
+            || self.repo.load_tree(id).map(Arc::new),
+            |nodes| {
+                self.decoded.fetch_add(1, Ordering::Relaxed);
+                let w = tree_weight(nodes);
+                self.lru.lock().expect("trees").put(*id, nodes.clone(), w);
+            },
+        )
     }
 }
 
@@ -680,11 +742,12 @@ impl FsCore {
             repo: repo.clone(),
             disk: opts.disk_cache,
             lru: Mutex::new(Lru::new(opts.chunk_cache)),
-            inflight: Mutex::new(HashMap::new()),
+            flights: Flights::new(),
         });
         let trees = Arc::new(Trees {
             repo: repo.clone(),
             lru: Mutex::new(Lru::new(opts.tree_cache)),
+            flights: Flights::new(),
             decoded: AtomicU64::new(0),
         });
         // A failure in either is reported to the reader that needs the data.

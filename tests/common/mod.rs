@@ -179,13 +179,21 @@ pub fn rel(root: &Path, p: &Path) -> PathBuf {
 }
 
 /// A tier that counts ranged reads of packs.
-pub struct CountingTier(pub LocalTier, pub Arc<AtomicU64>);
+/// A local tier that counts its ranged reads of packs, each of which takes
+/// at least `delay`.
+pub struct CountingTier(pub LocalTier, pub Arc<AtomicU64>, std::time::Duration);
 
 impl CountingTier {
     /// The tier at `dir` and its counter.
     pub fn at(dir: &Path) -> (Self, Arc<AtomicU64>) {
+        Self::slow(dir, std::time::Duration::ZERO)
+    }
+
+    /// The tier at `dir`, each ranged read of a pack taking `delay` more,
+    /// and its counter.
+    pub fn slow(dir: &Path, delay: std::time::Duration) -> (Self, Arc<AtomicU64>) {
         let n = Arc::new(AtomicU64::new(0));
-        (Self(LocalTier::new(dir), n.clone()), n)
+        (Self(LocalTier::new(dir), n.clone(), delay), n)
     }
 }
 
@@ -199,6 +207,7 @@ impl Tier for CountingTier {
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, TierError> {
         if key.starts_with("data/") {
             self.1.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(self.2);
         }
         self.0.get_range(key, offset, len)
     }
