@@ -472,8 +472,8 @@ fn reading_files_one_after_another_decodes_the_next_ones_ahead() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let (cached, _) = core.read_counts();
-    for i in 2..10 {
-        let got = core.read_cached(handles[i], 0, 100);
+    for (i, &fh) in handles.iter().enumerate().take(10).skip(2) {
+        let got = core.read_cached(fh, 0, 100);
         assert_eq!(
             got.as_deref(),
             Some(format!("small file {i}").as_bytes()),

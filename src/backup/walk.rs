@@ -73,11 +73,15 @@ pub fn normalize(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Where a file's chunking result goes: its slot in the directory, and
+/// its segments and size or why it could not be read.
+type FileReply = Sender<(usize, std::result::Result<(Vec<Segment>, u64), FileError>)>;
+
 struct FileJob {
     path: PathBuf,
     meta: Metadata,
     slot: usize,
-    reply: Sender<(usize, std::result::Result<(Vec<Segment>, u64), FileError>)>,
+    reply: FileReply,
 }
 
 #[derive(Default)]
@@ -337,13 +341,7 @@ impl Walker {
         Ok(Some(self.node(path, &md, kind, body)))
     }
 
-    fn submit(
-        &self,
-        path: &Path,
-        md: Metadata,
-        slot: usize,
-        reply: &Sender<(usize, std::result::Result<(Vec<Segment>, u64), FileError>)>,
-    ) -> Result<()> {
+    fn submit(&self, path: &Path, md: Metadata, slot: usize, reply: &FileReply) -> Result<()> {
         self.counters.files.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes.fetch_add(md.size(), Ordering::Relaxed);
         if let Some(segs) = self.cached(path, &md)? {

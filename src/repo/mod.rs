@@ -722,7 +722,7 @@ impl Repository {
             };
             out.push((id, rev));
         }
-        out.sort_by(|a, b| (a.1.time, a.0).cmp(&(b.1.time, b.0)));
+        out.sort_by_key(|a| (a.1.time, a.0));
         Ok(out)
     }
 

@@ -107,11 +107,16 @@ impl Shape {
     }
 }
 
+/// A time as (seconds, nanoseconds).
+type Times = (i64, i64);
+
 /// Builds every case a backup must preserve under `root` (must be run as
 /// root for owners and device nodes).
 pub fn build_nasty(root: &Path, shape: &Shape) {
     fs::create_dir_all(root).unwrap();
-    let mut post: Vec<(PathBuf, (i64, i64), (i64, i64))> = Vec::new();
+    // Paths with their (atime, mtime), set at the end: building the rest
+    // would change them.
+    let mut post: Vec<(PathBuf, Times, Times)> = Vec::new();
 
     // Odd names: not UTF-8, control characters, spaces, a leading dash,
     // unicode, and the longest name ext4 allows.
@@ -407,7 +412,7 @@ fn scan(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
         // Listed without touching the directory's atime.
         let names = tiervault::fsmeta::read_dir_names(&dir).unwrap();
         for n in names.iter().map(|n| OsStr::from_bytes(n)) {
-            let r = rel.join(&n);
+            let r = rel.join(n);
             let p = root.join(&r);
             let m = fs::symlink_metadata(&p).unwrap();
             let ft = m.file_type();
