@@ -441,9 +441,13 @@ impl<V: Clone> Flights<V> {
         if let Some(v) = cached() {
             return Ok(v);
         }
-        let pending = match self.claim_or_join(id) {
+        let mut landing = match self.claim_or_join(id) {
             Flight::Theirs(p) => return p.wait().map_err(FsError::Read),
-            Flight::Mine(p) => p,
+            Flight::Mine(p) => Landing {
+                flights: self,
+                id: *id,
+                pending: Some(p),
+            },
         };
         // Another fetch may have landed between the miss and the claim.
         let res = match cached() {
@@ -451,8 +455,30 @@ impl<V: Clone> Flights<V> {
             None => fetch().inspect(|v| keep(v)),
         };
         let shared = res.as_ref().map(V::clone).map_err(|e| e.to_string());
+        let pending = landing.pending.take().expect("landed once");
         self.land(id, &pending, shared);
         res.map_err(FsError::Storage)
+    }
+}
+
+/// A flight this thread claimed; if it is dropped before landing (the
+/// fetch panicked), it lands with an error, so that no thread waits for
+/// it forever.
+struct Landing<'a, V: Clone> {
+    flights: &'a Flights<V>,
+    id: BlobId,
+    pending: Option<Arc<Pending<V>>>,
+}
+
+impl<V: Clone> Drop for Landing<'_, V> {
+    fn drop(&mut self) {
+        if let Some(p) = self.pending.take() {
+            self.flights.land(
+                &self.id,
+                &p,
+                Err(format!("reading {} failed", self.id.short())),
+            );
+        }
     }
 }
 

@@ -216,15 +216,20 @@ fn format_err(object: String) -> impl FnOnce(FormatError) -> RepoError {
 }
 
 /// A write session on the tiers (`Repository::begin_write`). It ends
-/// (`TierSet::end_write`) when dropped: on success, on an error and on a
-/// panic alike, so that only a process that was killed or interrupted
-/// leaves its session open on record for the next one to reconcile.
+/// (`TierSet::end_write`) when dropped, on success and on an error alike,
+/// so that a command that failed with a clear error (a path that does not
+/// exist, say) does not cost the next one a reconcile. The session stays
+/// open on record when the process is killed or interrupted, when a write
+/// failed for its caller (it may have reached a tier anyway), and when
+/// this thread panics.
 #[must_use = "the write session ends when this is dropped"]
 pub struct WriteSession<'a>(&'a Repository);
 
 impl Drop for WriteSession<'_> {
     fn drop(&mut self) {
-        self.0.tiers().end_write();
+        if !std::thread::panicking() {
+            self.0.tiers().end_write();
+        }
     }
 }
 

@@ -20,6 +20,7 @@
 
 use super::{ObjectInfo, Tier, TierError};
 use serde::{Deserialize, Serialize};
+use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -106,6 +107,11 @@ pub struct TierSet {
     demoted: AtomicBool,
     /// Set when a write starts; an ongoing sync stops at its next check.
     writing: AtomicBool,
+    /// A write in this session failed for its caller: it may still have
+    /// reached some tier (a reply lost after the server stored it), with
+    /// no lag on record, so the session stays open for the next one to
+    /// reconcile (see `end_write`).
+    uncertain: AtomicBool,
     /// Sessions left open that a reconcile covered for the online tiers
     /// only (see `reconcile`).
     left_open: Mutex<Vec<String>>,
@@ -149,6 +155,7 @@ impl TierSet {
             repairs: Mutex::new(Vec::new()),
             demoted: AtomicBool::new(false),
             writing: AtomicBool::new(false),
+            uncertain: AtomicBool::new(false),
             left_open: Mutex::new(Vec::new()),
             local: Mutex::new(None),
         }
@@ -364,6 +371,18 @@ impl TierSet {
         key: &str,
         op: impl Fn(&dyn Tier) -> Result<(), TierError> + Sync,
     ) -> Result<(), TierError> {
+        let r = self.write_once(key, op);
+        if r.is_err() {
+            self.uncertain.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+
+    fn write_once(
+        &self,
+        key: &str,
+        op: impl Fn(&dyn Tier) -> Result<(), TierError> + Sync,
+    ) -> Result<(), TierError> {
         self.writing.store(true, Ordering::SeqCst);
         loop {
             if super::stopping() {
@@ -378,10 +397,23 @@ impl TierSet {
                     let op = &op;
                     let others: Vec<_> = rest
                         .iter()
-                        .map(|&i| sc.spawn(move || (i, op(self.members[i].tier.as_ref()))))
+                        .map(|&i| (i, sc.spawn(move || op(self.members[i].tier.as_ref()))))
                         .collect();
                     let mut v = vec![(*first, op(self.members[*first].tier.as_ref()))];
-                    v.extend(others.into_iter().map(|h| h.join().expect("tier writer")));
+                    // A writer that panicked failed its tier, which then
+                    // missed the write like any other failure.
+                    v.extend(others.into_iter().map(|(i, h)| {
+                        (
+                            i,
+                            h.join().unwrap_or_else(|_| {
+                                Err(TierError::Io {
+                                    tier: self.members[i].tier.name().to_string(),
+                                    key: key.to_string(),
+                                    source: io::Error::other("the write panicked"),
+                                })
+                            }),
+                        )
+                    }));
                     v
                 }),
                 [] => Vec::new(),
@@ -499,10 +531,11 @@ impl TierSet {
     /// Ends a write session: if a tier missed writes and that is not on
     /// record yet (every tier was away when it happened), records it now.
     /// Also closes the session (`LocalState::close_session`), unless a
-    /// lag could not be put on record: the open session then has the next
-    /// one reconcile the tiers.
+    /// lag could not be put on record, or a write failed for its caller
+    /// (it may have reached a tier anyway): the open session then has the
+    /// next one reconcile the tiers.
     pub fn end_write(&self) {
-        if super::stopping() {
+        if super::stopping() || self.uncertain.swap(false, Ordering::SeqCst) {
             return;
         }
         let behind = (0..self.members.len()).any(|i| !self.state(i).synced);
@@ -605,6 +638,7 @@ impl TierSet {
         takeover: bool,
     ) -> Result<(), WriteError> {
         self.writing.store(true, Ordering::SeqCst);
+        self.uncertain.store(false, Ordering::SeqCst);
         *self.local.lock().expect("local") = Some(local.clone());
         let me = local.installation();
         let mut states = self.refresh();
@@ -1030,6 +1064,7 @@ mod tests {
     use super::*;
     use crate::tier::local::LocalTier;
     use std::collections::HashMap;
+    use std::sync::atomic::AtomicI32;
 
     #[test]
     fn reads_fall_over_and_writes_reach_every_tier() {
@@ -1047,7 +1082,13 @@ mod tests {
         assert!(set.get("x/z").unwrap_err().is_not_found());
     }
 
-    struct Mem(Mutex<HashMap<String, u64>>, String);
+    /// This machine's state in memory, with a count of sessions open.
+    struct Mem(Mutex<HashMap<String, u64>>, String, AtomicI32);
+    impl Mem {
+        fn new(id: &str) -> std::sync::Arc<Self> {
+            std::sync::Arc::new(Mem(Mutex::default(), id.into(), AtomicI32::new(0)))
+        }
+    }
     impl LocalState for Mem {
         fn installation(&self) -> String {
             self.1.clone()
@@ -1058,12 +1099,49 @@ mod tests {
         fn set_last_revision(&self, t: &str, r: u64) {
             self.0.lock().unwrap().insert(t.into(), r);
         }
-        fn open_session(&self) {}
-        fn close_session(&self) {}
+        fn open_session(&self) {
+            self.2.fetch_add(1, Ordering::SeqCst);
+        }
+        fn close_session(&self) {
+            self.2.fetch_sub(1, Ordering::SeqCst);
+        }
         fn sessions_left_open(&self) -> Vec<String> {
             Vec::new()
         }
         fn forget_sessions(&self, _: &[String]) {}
+    }
+
+    /// A write session ends closed, unless a write in it failed for its
+    /// caller: that write may have reached a tier anyway (a reply lost
+    /// after the store), so the session stays open for the next one to
+    /// reconcile.
+    #[test]
+    fn a_write_no_tier_took_keeps_its_session_open() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let s = TierSet::new(vec![
+            Box::new(LocalTier::new(a.path())),
+            Box::new(LocalTier::new(b.path())),
+        ]);
+        let me = Mem::new("one");
+        s.begin_write(me.clone(), false).unwrap();
+        s.put("data/x", b"x").unwrap();
+        s.end_write();
+        assert_eq!(me.2.load(Ordering::SeqCst), 0);
+        // A file where each tier's directory would be: no tier takes it.
+        for d in [a.path(), b.path()] {
+            std::fs::write(d.join("blocked"), b"").unwrap();
+        }
+        s.begin_write(me.clone(), false).unwrap();
+        s.put("data/y", b"y").unwrap();
+        assert!(s.put("blocked/z", b"z").is_err());
+        s.end_write();
+        assert_eq!(me.2.load(Ordering::SeqCst), 1);
+        // The next session starts afresh.
+        s.begin_write(me.clone(), false).unwrap();
+        s.put("data/w", b"w").unwrap();
+        s.end_write();
+        assert_eq!(me.2.load(Ordering::SeqCst), 1);
     }
 
     fn rev(dir: &std::path::Path) -> u64 {
@@ -1082,7 +1160,7 @@ mod tests {
                     .collect(),
             )
         };
-        let me = std::sync::Arc::new(Mem(Mutex::default(), "one".into()));
+        let me = Mem::new("one");
         // A session on A alone: A is at 1, B (never written) at 0.
         let s = set(&[a.path()]);
         s.begin_write(me.clone(), false).unwrap();
@@ -1104,7 +1182,7 @@ mod tests {
         assert_eq!(std::fs::read(b.path().join("data/y")).unwrap(), b"y");
         assert_eq!(rev(b.path()), 2);
         // Another installation writes to A: the first one must stop.
-        let other = std::sync::Arc::new(Mem(Mutex::default(), "two".into()));
+        let other = Mem::new("two");
         let s2 = set(&[a.path()]);
         assert!(matches!(
             s2.begin_write(other.clone(), false),
