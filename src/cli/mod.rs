@@ -52,6 +52,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 /// the programs the command runs (`ssh`, a password command) start with
 /// the usual signal handling. A signal the command was started ignoring
 /// (a job started with `&` by a script) stays ignored.
+/// The interruption message was written (or its write returned).
+static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn close_connections_on_interrupt() {
     use signal_hook::consts::{SIGINT, SIGTERM};
     use signal_hook::low_level::emulate_default_handler;
@@ -74,6 +77,13 @@ fn close_connections_on_interrupt() {
                 .name("stopping".into())
                 .spawn(move || {
                     tiervault::tier::ssh_dirs::close_masters();
+                    // The message first, unless stderr is stuck.
+                    for _ in 0..50 {
+                        if SAID.load(std::sync::atomic::Ordering::SeqCst) {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
                     let _ = emulate_default_handler(sig);
                     // Not reached: the default action ends the process.
                     std::process::exit(128 + sig);
@@ -90,6 +100,7 @@ fn close_connections_on_interrupt() {
             // reads, and neither may stop the closing.
             // SAFETY: write of a valid buffer to descriptor 2.
             unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+            SAID.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     };
     if std::thread::Builder::new()

@@ -96,7 +96,15 @@ pub fn password(prompt: &str) -> io::Result<Vec<u8>> {
         .read(true)
         .write(true)
         .open("/dev/tty")
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot open the terminal: {e}")))?;
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot open the terminal to ask for the password ({e}): set \
+                     TIERVAULT_PASSWORD_FILE, TIERVAULT_PASSWORD or --password-command"
+                ),
+            )
+        })?;
     let fd = tty.as_raw_fd();
     arm(fd)?;
     let read = tty

@@ -16,7 +16,10 @@
 //! (their process is gone, whatever its pid namespace on this machine): it
 //! asks each master left there to exit (`ssh -O exit`) and removes the
 //! directory once every one has. A normal exit removes the process's own
-//! directory.
+//! directory. A master whose control socket is gone (its directory was
+//! removed while it started, as when Ctrl-C in a terminal also reaches
+//! the starting `ssh`) cannot be asked: when its process is gone, it is
+//! found in `/proc` by its `-S` path and sent SIGTERM.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -139,7 +142,72 @@ pub fn sweep() {
                 let _ = std::fs::remove_dir_all(&dir);
             }
         }
+        // Masters whose directory is gone with their process.
+        for (pid, sock) in masters_under(mine.parent().unwrap_or(mine)) {
+            let Some(owner) = sock.ancestors().find(|a| a.parent() == mine.parent()) else {
+                continue;
+            };
+            if owner == mine.as_path() {
+                continue;
+            }
+            let gone = if owner.exists() {
+                abandoned(owner)
+            } else {
+                let n = owner
+                    .file_name()
+                    .and_then(|n| n.to_str()?.parse::<i32>().ok());
+                n.is_some_and(|n| !alive(n))
+            };
+            if gone && !sock.exists() {
+                stop_master(pid);
+            }
+        }
     });
+}
+
+/// The `ssh` masters of this user whose control socket (`-S PATH`) is
+/// under `dir`, as (process id, socket path), from `/proc`.
+fn masters_under(dir: &Path) -> Vec<(i32, PathBuf)> {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let mut out = Vec::new();
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if p.metadata().map(|m| m.uid()).ok() != Some(uid) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let is_ssh = args.first().is_some_and(|a| {
+            Path::new(OsStr::from_bytes(a)).file_name() == Some(OsStr::new("ssh"))
+        });
+        if !is_ssh || !args.contains(&b"-M".as_slice()) {
+            continue;
+        }
+        let sock = args
+            .iter()
+            .position(|a| *a == b"-S")
+            .and_then(|i| args.get(i + 1))
+            .map(|a| PathBuf::from(OsStr::from_bytes(a)));
+        if let Some(sock) = sock.filter(|s| s.starts_with(dir)) {
+            out.push((pid, sock));
+        }
+    }
+    out
+}
+
+/// Ends a master that nobody can reach any more (its control socket is
+/// gone), which `ssh -O exit` cannot ask.
+fn stop_master(pid: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
 }
 
 fn lock_file(dir: &Path) -> std::io::Result<std::fs::File> {
@@ -256,6 +324,14 @@ pub fn close_masters() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // A master whose starting `ssh` the signal ended too (Ctrl-C in a
+    // terminal reaches the whole process group) can be left running after
+    // its directory was removed; nobody could reach it again.
+    for (pid, sock) in masters_under(mine) {
+        if !sock.exists() {
+            stop_master(pid);
+        }
     }
     release();
 }
