@@ -36,6 +36,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+/// The interruption message was written (or its write returned).
+static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Ctrl-C or SIGTERM during a command still ends the process by that
 /// signal, as by default, so that shells and service managers see what
 /// stopped it (a repository survives a command cut off at any point). On
@@ -52,9 +55,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 /// the programs the command runs (`ssh`, a password command) start with
 /// the usual signal handling. A signal the command was started ignoring
 /// (a job started with `&` by a script) stays ignored.
-/// The interruption message was written (or its write returned).
-static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 fn close_connections_on_interrupt() {
     use signal_hook::consts::{SIGINT, SIGTERM};
     use signal_hook::low_level::emulate_default_handler;

@@ -16,10 +16,11 @@
 //! (their process is gone, whatever its pid namespace on this machine): it
 //! asks each master left there to exit (`ssh -O exit`) and removes the
 //! directory once every one has. A normal exit removes the process's own
-//! directory. A master whose control socket is gone (its directory was
-//! removed while it started, as when Ctrl-C in a terminal also reaches
-//! the starting `ssh`) cannot be asked: when its process is gone, it is
-//! found in `/proc` by its `-S` path and sent SIGTERM.
+//! directory. A master whose control socket is not there (its directory
+//! was removed while it started, as when Ctrl-C in a terminal also
+//! reaches the starting `ssh`) cannot be asked: it is found in `/proc` by
+//! its `-S` path and sent SIGTERM, by its own process when that stops on
+//! a signal, or by a later one's sweep once its process is gone.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -150,14 +151,12 @@ pub fn sweep() {
             if owner == mine.as_path() {
                 continue;
             }
-            let gone = if owner.exists() {
-                abandoned(owner)
-            } else {
-                let n = owner
-                    .file_name()
-                    .and_then(|n| n.to_str()?.parse::<i32>().ok());
-                n.is_some_and(|n| !alive(n))
-            };
+            // Both the lock and the number say the owner is gone, so a
+            // process that runs without its lock is never taken for gone.
+            let n = owner
+                .file_name()
+                .and_then(|n| n.to_str()?.parse::<i32>().ok());
+            let gone = n.is_some_and(|n| !alive(n)) && (!owner.exists() || abandoned(owner));
             if gone && !sock.exists() {
                 stop_master(pid);
             }
@@ -165,20 +164,33 @@ pub fn sweep() {
     });
 }
 
-/// The `ssh` masters of this user whose control socket (`-S PATH`) is
-/// under `dir`, as (process id, socket path), from `/proc`.
+/// The `ssh` masters of this user, in this process's mount and pid
+/// namespaces, whose control socket (`-S PATH`) is under `dir`, as
+/// (process id, socket path), from `/proc`. (Another namespace's paths
+/// and process ids mean other things.)
 fn masters_under(dir: &Path) -> Vec<(i32, PathBuf)> {
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
+    let ns = |p: &Path| ["mnt", "pid"].map(|n| std::fs::read_link(p.join("ns").join(n)).ok());
+    let own = ns(Path::new("/proc/self"));
+    if own.iter().any(Option::is_none) {
+        return Vec::new();
+    }
     let mut out = Vec::new();
     for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
         };
         if p.metadata().map(|m| m.uid()).ok() != Some(uid) {
+            continue;
+        }
+        // The name first: reading another program's command line can
+        // wait on it.
+        let comm = std::fs::read(p.path().join("comm")).unwrap_or_default();
+        if comm.trim_ascii_end() != b"ssh" || ns(&p.path()) != own {
             continue;
         }
         let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
@@ -283,10 +295,11 @@ fn exit_master(conn: &Path) -> Option<bool> {
 /// signal, whose connections cannot be closed in order (see
 /// `tier::stop`, which must come first, so that none is opened again). A
 /// connection still starting (made in the last 10 s) has no control
-/// socket yet: its master is waited for, at most 3 s in all, then left to
-/// a later sweep. The directories of closed masters, and older ones
-/// without a master (it ended by itself), are removed, then this
-/// process's own.
+/// socket yet: its master is waited for, at most 3 s in all. Then any
+/// master of ours whose socket is not there (not made yet, or removed
+/// with its directory) is sent SIGTERM. The directories of closed
+/// masters, and older ones without a master (it ended by itself), are
+/// removed, then this process's own.
 pub fn close_masters() {
     let Some(mine) = MINE.get() else { return };
     // Calls in flight may still open connections: they end first (at most
