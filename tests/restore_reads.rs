@@ -124,11 +124,13 @@ fn a_large_file_is_read_in_windows_its_repeats_once_and_a_damaged_chunk_fails_it
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
-    // A 4 MiB block eight times, then a tail: after the first repeat the
-    // chunker cuts the same chunks again.
-    let block = common::random_bytes(4 << 20, 7);
+    // An 8 MiB block five times, then a tail: once a cut falls inside the
+    // block, the chunker cuts the same chunks in each repeat. (The cuts
+    // depend on the repository's key; a 4 MiB block, as long as the
+    // largest chunk, sometimes had too few to repeat.)
+    let block = common::random_bytes(8 << 20, 7);
     let mut big = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..5 {
         big.extend_from_slice(&block);
     }
     big.extend_from_slice(&common::random_bytes(3 << 20, 8));
@@ -141,7 +143,7 @@ fn a_large_file_is_read_in_windows_its_repeats_once_and_a_damaged_chunk_fails_it
     let chunks = common::chunks_of(&repo, &src.join("big.img"));
     let distinct: std::collections::HashSet<_> = chunks.iter().collect();
     assert!(
-        chunks.len() >= 2 * distinct.len(),
+        chunks.len() >= distinct.len() + 4,
         "the file repeats its chunks: {} chunks, {} distinct",
         chunks.len(),
         distinct.len()

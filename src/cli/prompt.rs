@@ -176,7 +176,9 @@ fn arm(fd: RawFd) -> io::Result<()> {
 /// gives at most one line). Stops early if a signal's handler put the
 /// terminal back.
 fn read_line(tty: RawFd) -> io::Result<Vec<u8>> {
-    let mut line = Vec::new();
+    // Room for any typed password, so no copy of it is left behind by a
+    // reallocation.
+    let mut line = Vec::with_capacity(1024);
     let mut buf = [0u8; 256];
     loop {
         // SAFETY: read into a buffer of the given length.
@@ -195,7 +197,11 @@ fn read_line(tty: RawFd) -> io::Result<Vec<u8>> {
             break;
         }
     }
-    buf.fill(0);
+    for b in buf.iter_mut() {
+        // SAFETY: a write through a valid reference; volatile so that the
+        // clearing of a buffer about to go is kept.
+        unsafe { std::ptr::write_volatile(b, 0) };
+    }
     if line.last() == Some(&b'\r') {
         line.pop();
     }
