@@ -51,9 +51,9 @@ pub struct BackupSummary {
 
 pub fn run(repo: Arc<Repository>, opts: &BackupOptions) -> Result<BackupSummary> {
     let start = now();
+    let paths = walk::normalize(&opts.paths)?;
     // Raises the tiers' revisions before anything is written (tier rule 4),
     // and stops if another installation writes here (rule 5).
-    let paths = walk::normalize(&opts.paths)?;
     let session = repo.begin_write(false)?;
     let leftovers = adopt_unindexed_packs(&repo)?;
     if leftovers > 0 {

@@ -342,12 +342,12 @@ impl Repository {
         } else {
             None
         };
-        // The local index opens while the password is stretched: on a cold
-        // start each takes tens of milliseconds, and the first mostly waits
-        // for the disk while the second keeps the cores busy.
         // A first open with a wrong password leaves nothing behind.
         let cache_dir = cache_root.join(&config.id);
         let new_cache = !cache_dir.exists();
+        // The local index opens while the password is stretched: on a cold
+        // start each takes tens of milliseconds, and the first mostly waits
+        // for the disk while the second keeps the cores busy.
         let (keys, index) = std::thread::scope(|sc| {
             let index = sc.spawn(|| open_index(cache_root, &config, index_name));
             let keys = unlock(&key_files, pw.as_deref(), &config, &loc);

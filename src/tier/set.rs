@@ -1066,14 +1066,20 @@ mod tests {
     use std::collections::HashMap;
     use std::sync::atomic::AtomicI32;
 
-    #[test]
-    fn reads_fall_over_and_writes_reach_every_tier() {
+    /// A set of two local tiers in temporary directories.
+    fn two_tiers() -> (tempfile::TempDir, tempfile::TempDir, TierSet) {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
         let set = TierSet::new(vec![
             Box::new(LocalTier::new(a.path())),
             Box::new(LocalTier::new(b.path())),
         ]);
+        (a, b, set)
+    }
+
+    #[test]
+    fn reads_fall_over_and_writes_reach_every_tier() {
+        let (a, b, set) = two_tiers();
         set.put("x/y", b"1").unwrap();
         assert_eq!(std::fs::read(a.path().join("x/y")).unwrap(), b"1");
         assert_eq!(std::fs::read(b.path().join("x/y")).unwrap(), b"1");
@@ -1117,12 +1123,7 @@ mod tests {
     /// reconcile.
     #[test]
     fn a_write_no_tier_took_keeps_its_session_open() {
-        let a = tempfile::tempdir().unwrap();
-        let b = tempfile::tempdir().unwrap();
-        let s = TierSet::new(vec![
-            Box::new(LocalTier::new(a.path())),
-            Box::new(LocalTier::new(b.path())),
-        ]);
+        let (a, b, s) = two_tiers();
         let me = Mem::new("one");
         s.begin_write(me.clone(), false).unwrap();
         s.put("data/x", b"x").unwrap();

@@ -134,7 +134,8 @@ pub fn sweep() {
                 let _ = LOCK.set(f);
             }
         }
-        let Some(Ok(dirs)) = mine.parent().map(std::fs::read_dir) else {
+        let Some(base) = mine.parent() else { return };
+        let Ok(dirs) = std::fs::read_dir(base) else {
             return;
         };
         for d in dirs.flatten() {
@@ -144,8 +145,8 @@ pub fn sweep() {
             }
         }
         // Masters whose directory is gone with their process.
-        for (pid, sock) in masters_under(mine.parent().unwrap_or(mine)) {
-            let Some(owner) = sock.ancestors().find(|a| a.parent() == mine.parent()) else {
+        for (pid, sock) in masters_under(base) {
+            let Some(owner) = sock.ancestors().find(|a| a.parent() == Some(base)) else {
                 continue;
             };
             if owner == mine.as_path() {
@@ -197,10 +198,7 @@ fn masters_under(dir: &Path) -> Vec<(i32, PathBuf)> {
             continue;
         };
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let is_ssh = args.first().is_some_and(|a| {
-            Path::new(OsStr::from_bytes(a)).file_name() == Some(OsStr::new("ssh"))
-        });
-        if !is_ssh || !args.contains(&b"-M".as_slice()) {
+        if !args.contains(&b"-M".as_slice()) {
             continue;
         }
         let sock = args
