@@ -12,10 +12,10 @@
 //! own, named by its process id, under `$XDG_RUNTIME_DIR/tiervault-ssh`
 //! (else `<state dir>/ssh`). Before its first connection it takes a shared
 //! `flock` on `<pid>/.lock` and holds it until it exits. The first SFTP
-//! tier a process opens sweeps the directories whose lock nobody holds
-//! (their process is gone, whatever its pid namespace on this machine): it
-//! asks each master left there to exit (`ssh -O exit`) and removes the
-//! directory once every one has. A normal exit removes the process's own
+//! tier a process opens sweeps the directories whose lock nobody holds and
+//! whose number no process has (their process is gone): it asks each
+//! master left there to exit (`ssh -O exit`) and removes the directory
+//! once every one has. A normal exit removes the process's own
 //! directory. A master whose control socket is not there (its directory
 //! was removed while it started, as when Ctrl-C in a terminal also
 //! reaches the starting `ssh`) cannot be asked: it is found in `/proc` by
@@ -152,13 +152,8 @@ pub fn sweep() {
             if owner == mine.as_path() {
                 continue;
             }
-            // Both the lock and the number say the owner is gone, so a
-            // process that runs without its lock is never taken for gone.
-            let n = owner
-                .file_name()
-                .and_then(|n| n.to_str()?.parse::<i32>().ok());
-            let gone = n.is_some_and(|n| !alive(n)) && (!owner.exists() || abandoned(owner));
-            if gone && !sock.exists() {
+            // Also a directory removed already: its number decides.
+            if abandoned(owner) && !sock.exists() {
                 stop_master(pid);
             }
         }
@@ -229,19 +224,31 @@ fn lock_file(dir: &Path) -> std::io::Result<std::fs::File> {
         .open(dir.join(".lock"))
 }
 
-/// Whether a process directory's owner is gone: nobody holds its lock, or,
-/// for a directory without one (its process ended before its first
-/// connection, or is just starting), no process has its number.
+/// Whether a process directory's owner is gone: no process here has its
+/// number, and nobody holds its lock (a directory without one: its process
+/// ended before its first connection, or is just starting; or no directory
+/// at all).
+///
+/// Both must say so. The lock alone would give away the directory of a
+/// live process that has not taken its lock yet (it creates `.lock`, then
+/// locks it) or could not take it (`flock` failed), and sweeping it would
+/// close that process's masters under it. The number alone would not do
+/// where processes of several pid namespaces share the directory. A gone
+/// process of another namespace whose number is in use here keeps its
+/// directory until the number is free.
 fn abandoned(dir: &Path) -> bool {
+    let pid = dir
+        .file_name()
+        .and_then(|n| n.to_str()?.parse::<i32>().ok());
+    if !pid.is_some_and(|pid| !alive(pid)) {
+        return false;
+    }
     if dir.join(".lock").exists() {
         let Ok(f) = lock_file(dir) else { return false };
         // SAFETY: flock on an open descriptor; the lock goes with `f`.
         return unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
     }
-    let pid = dir
-        .file_name()
-        .and_then(|n| n.to_str()?.parse::<i32>().ok());
-    pid.is_some_and(|pid| !alive(pid))
+    true
 }
 
 /// Asks each master whose control socket is in `dir` (one directory per
@@ -365,5 +372,61 @@ pub fn release() {
             let _ = std::fs::remove_file(m.join(".lock"));
             let _ = std::fs::remove_dir(m);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{abandoned, lock_file};
+    use std::os::fd::AsRawFd;
+
+    /// A process directory, as `sweep` makes it, with its lock file.
+    fn dir_of(base: &std::path::Path, pid: u32) -> std::path::PathBuf {
+        let d = base.join(pid.to_string());
+        std::fs::create_dir_all(&d).unwrap();
+        lock_file(&d).unwrap();
+        d
+    }
+
+    /// A live process whose lock is free (it has not taken it yet, or
+    /// could not) keeps its directory: sweeping it would close its masters
+    /// under it.
+    #[test]
+    fn a_live_process_without_its_lock_keeps_its_directory() {
+        let base = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let live = dir_of(base.path(), child.id());
+        let taken = !abandoned(&live);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            taken,
+            "the directory of a live process was taken for abandoned"
+        );
+        // Once the process is gone, the same directory is abandoned.
+        assert!(abandoned(&live));
+    }
+
+    /// A gone process's directory is abandoned unless someone holds its
+    /// lock (a process of another pid namespace with the same number).
+    #[test]
+    fn a_gone_process_is_abandoned_unless_its_lock_is_held() {
+        let base = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        let gone = dir_of(base.path(), child.id());
+        assert!(abandoned(&gone));
+        let held = lock_file(&gone).unwrap();
+        // SAFETY: flock on an open descriptor.
+        assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_SH) }, 0);
+        assert!(!abandoned(&gone));
+        drop(held);
+        assert!(abandoned(&gone));
+        // No directory at all: the number decides.
+        std::fs::remove_dir_all(&gone).unwrap();
+        assert!(abandoned(&gone));
     }
 }
