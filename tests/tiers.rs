@@ -317,3 +317,92 @@ fn cut_off_between_tiers(lose_record: bool) {
     // Reconciled once: the next backup has nothing to mend.
     quiet(&ok(tv(&[&a, &b], &cache).arg("backup").arg(&src)));
 }
+
+/// Flips one byte in the middle of `p`.
+fn flip_middle(p: &Path) {
+    let mut b = fs::read(p).unwrap();
+    let at = b.len() / 2;
+    b[at] ^= 0x20;
+    fs::write(p, b).unwrap();
+}
+
+/// The first file under `dir`.
+fn first_file(dir: &Path) -> std::path::PathBuf {
+    let mut v = files_under(dir);
+    v.sort();
+    v.into_iter().next().unwrap()
+}
+
+/// Damaged copies of the small objects on the tier read first: its key
+/// file (the wrapped key altered, which only the password reveals, so it
+/// looks like a wrong password), its `config`, an index file and a
+/// revision. Machines with no cache open the repository, list it and
+/// restore it from the other tier's copies, every time; `check` names
+/// each bad copy with its tier, `check --read-data --repair` replaces
+/// them, and then the first tier alone opens again.
+#[test]
+fn damaged_metadata_on_one_tier_is_read_from_the_other() {
+    let env = Env::new();
+    let (a, b, cache) = two_tiers(&env);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    random_file(&src.join("f"), 1 << 20);
+    ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+    fs::write(src.join("g"), b"second").unwrap();
+    ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+
+    let key = first_file(&a.join("keys"));
+    let mut kf: serde_json::Value = serde_json::from_slice(&fs::read(&key).unwrap()).unwrap();
+    let mut master: Vec<u8> = kf["master"].as_str().unwrap().bytes().collect();
+    let at = master.len() / 2;
+    master[at] = if master[at] == b'0' { b'1' } else { b'0' };
+    kf["master"] = String::from_utf8(master).unwrap().into();
+    fs::write(&key, serde_json::to_vec_pretty(&kf).unwrap()).unwrap();
+    fs::write(a.join("config"), b"{ not a config").unwrap();
+    let index = first_file(&a.join("index"));
+    let revision = first_file(&a.join("revisions"));
+    flip_middle(&index);
+    flip_middle(&revision);
+    // Tier A alone cannot be opened: the password looks wrong.
+    let alone = tv(&[&a], &env.path("alone"))
+        .arg("revisions")
+        .output()
+        .unwrap();
+    assert_eq!(alone.status.code(), Some(10), "{alone:?}");
+
+    let a_first = std::path::PathBuf::from(format!("file://{}?priority=1", a.display()));
+    for round in 0..3 {
+        let fresh = env.path(&format!("fresh-{round}"));
+        let o = ok(tv(&[&a_first, &b], &fresh).args(["--json", "revisions"]));
+        assert_eq!(
+            json(&String::from_utf8_lossy(&o.stdout))
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        let out = env.path(&format!("restored-{round}"));
+        let spec = format!("latest:{}", src.display());
+        let o = ok(tv(&[&a_first, &b], &fresh)
+            .args(["restore", &spec, "--target"])
+            .arg(&out));
+        common::tree::assert_same(&src, &out, false);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("is damaged on every tier"), "{err}");
+    }
+
+    let o = tv(&[&a_first, &b], &cache).arg("check").output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    let rel = |p: &Path| p.strip_prefix(&a).unwrap().to_string_lossy().into_owned();
+    for bad in ["config".to_string(), rel(&key), rel(&index), rel(&revision)] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&format!("{bad} on tier {}", a.display()))),
+            "check does not name {bad} on tier A: {err}"
+        );
+    }
+    ok(tv(&[&a_first, &b], &cache).args(["check", "--read-data", "--repair"]));
+    ok(tv(&[&a_first, &b], &cache).arg("check"));
+    ok(tv(&[&a], &env.path("alone-again")).arg("revisions"));
+}

@@ -11,7 +11,7 @@ use crate::format::revision::Revision;
 use crate::format::tree::{Body, Segment};
 use crate::format::{indexfile, names, pack, BlobEntry, BlobId};
 use crate::repo::Repository;
-use crate::tier::Tier;
+use crate::tier::{get_parsed, Tier};
 use std::collections::{HashMap, HashSet};
 
 #[derive(Debug, Default)]
@@ -51,11 +51,11 @@ pub fn run(repo: &Repository, read_data: bool, repair: bool) -> crate::repo::Res
                 .push(format!("{}: unexpected object name", obj.key));
             continue;
         };
-        let packs = match store
-            .get(&obj.key)
-            .map_err(|e| e.to_string())
-            .and_then(|b| indexfile::open(repo.keys(), &id, &b).map_err(|e| e.to_string()))
-        {
+        // A copy that does not open is passed over for another tier's;
+        // `check_copies` names it.
+        let packs = match get_parsed(store, &obj.key, |b| {
+            indexfile::open(repo.keys(), &id, b).map_err(|e| e.to_string())
+        }) {
             Ok(p) => p,
             Err(e) => {
                 r.errors.push(format!("{}: {e}", obj.key));
@@ -98,10 +98,155 @@ pub fn run(repo: &Repository, read_data: bool, repair: bool) -> crate::repo::Res
     }
     r.blobs = known.blobs.len();
     check_revisions(repo, store, &known, &mut r)?;
+    check_copies(repo, &indexed, read_data, repair, &mut r);
     if read_data {
         read_all(repo, &listed, &known, repair, &mut r);
     }
     Ok(r)
+}
+
+/// With several tiers, each online tier's own copies: the objects above
+/// were read from whichever tier was fastest, so a damaged copy on another
+/// tier would go unseen. Each tier's `config`, the key file that opened
+/// the repository, index files and revisions are read and verified, and a
+/// bad copy is named with its tier (replaced from a verified copy with
+/// `repair`). Without `read_data` (which reads every pack on every tier),
+/// each tier's listing of `data/` is also compared with the packs the
+/// index files name.
+fn check_copies(
+    repo: &Repository,
+    indexed: &HashMap<BlobId, u64>,
+    read_data: bool,
+    repair: bool,
+    r: &mut CheckReport,
+) {
+    let tiers = repo.tiers().online();
+    if tiers.len() < 2 {
+        // One tier: the checks above read its only copies.
+        return;
+    }
+    let same_json = |a: serde_json::Result<serde_json::Value>, b: serde_json::Value| {
+        a.map_err(|e| e.to_string()).and_then(|a| {
+            (a == b)
+                .then_some(())
+                .ok_or("differs from the copy in use".to_string())
+        })
+    };
+    let config = serde_json::to_value(repo.config()).expect("config serializes");
+    let (key_name, key_file) = repo.key_file();
+    let key_file = serde_json::to_value(key_file).expect("key file serializes");
+    let verify = |key: &str, b: &[u8]| -> Result<(), String> {
+        if key == names::CONFIG {
+            same_json(serde_json::from_slice(b), config.clone())
+        } else if key == key_name {
+            same_json(serde_json::from_slice(b), key_file.clone())
+        } else if let Some(id) = key.strip_prefix("index/").and_then(BlobId::from_hex) {
+            indexfile::open(repo.keys(), &id, b)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        } else if let Some(id) = key.strip_prefix("revisions/").and_then(BlobId::from_hex) {
+            Revision::open(repo.keys(), &id, b)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        } else {
+            Ok(())
+        }
+    };
+    let mut held: Vec<HashSet<String>> = Vec::new();
+    let mut all: std::collections::BTreeSet<String> =
+        [names::CONFIG.to_string(), key_name.clone()].into();
+    for t in &tiers {
+        let mut mine: HashSet<String> = [names::CONFIG.to_string(), key_name.clone()].into();
+        for prefix in ["index/", "revisions/"] {
+            match t.list(prefix) {
+                Ok(objs) => mine.extend(objs.into_iter().map(|o| o.key)),
+                Err(e) => r
+                    .errors
+                    .push(format!("listing {prefix} on tier {}: {e}", t.name())),
+            }
+        }
+        all.extend(mine.iter().cloned());
+        held.push(mine);
+    }
+    for key in &all {
+        let mut good = None;
+        let mut bad = Vec::new();
+        for (t, mine) in tiers.iter().zip(&held) {
+            if !mine.contains(key) {
+                bad.push((*t, format!("{key} is missing on tier {}", t.name()), true));
+                continue;
+            }
+            match t.get(key) {
+                Ok(b) => match verify(key, &b) {
+                    Ok(()) => {
+                        good.get_or_insert(b);
+                    }
+                    Err(e) => bad.push((*t, format!("{key} on tier {}: {e}", t.name()), false)),
+                },
+                Err(e) if e.is_not_found() => {
+                    bad.push((*t, format!("{key} is missing on tier {}", t.name()), true))
+                }
+                Err(e) => r.errors.push(format!("{key} on tier {}: {e}", t.name())),
+            }
+        }
+        settle(
+            key,
+            good.as_deref(),
+            bad,
+            repair,
+            &mut r.errors,
+            &mut r.notes,
+        );
+    }
+    if read_data {
+        return;
+    }
+    for t in &tiers {
+        let Ok(objs) = t.list("data/") else {
+            r.errors
+                .push(format!("listing data/ on tier {}: failed", t.name()));
+            continue;
+        };
+        let have: HashSet<String> = objs.into_iter().map(|o| o.key).collect();
+        for pack in indexed.keys() {
+            let key = names::pack(pack);
+            if !have.contains(&key) {
+                r.notes.push(format!(
+                    "{key} is missing on tier {}; `tiervault sync` or `check --read-data --repair` copies it",
+                    t.name()
+                ));
+            }
+        }
+    }
+}
+
+/// What to do with the bad copies of `key`, `(tier, message, missing)`,
+/// given a verified copy `good`: replace each with `repair`, else say how.
+/// A missing copy is a note (a tier that is behind lacks objects until
+/// `sync`); a damaged one is an error.
+fn settle(
+    key: &str,
+    good: Option<&[u8]>,
+    bad: Vec<(&dyn Tier, String, bool)>,
+    repair: bool,
+    errs: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) {
+    for (t, msg, missing) in bad {
+        match good {
+            Some(bytes) if repair => match t.put(key, bytes) {
+                Ok(()) => notes.push(format!("{msg}: repaired from a verified copy")),
+                Err(e) => errs.push(format!("{msg}, and repairing it failed: {e}")),
+            },
+            Some(_) if missing => notes.push(format!(
+                "{msg}; `tiervault sync` or `check --read-data --repair` copies it"
+            )),
+            Some(_) => errs.push(format!(
+                "{msg}; `check --read-data --repair` replaces it with a verified copy"
+            )),
+            None => errs.push(msg),
+        }
+    }
 }
 
 fn check_revisions(
@@ -121,11 +266,9 @@ fn check_revisions(
                 .push(format!("{}: unexpected object name", obj.key));
             continue;
         };
-        let rev = match store
-            .get(&obj.key)
-            .map_err(|e| e.to_string())
-            .and_then(|b| Revision::open(repo.keys(), &id, &b).map_err(|e| e.to_string()))
-        {
+        let rev = match get_parsed(store, &obj.key, |b| {
+            Revision::open(repo.keys(), &id, b).map_err(|e| e.to_string())
+        }) {
             Ok(rev) => rev,
             Err(e) => {
                 r.errors.push(format!("{}: {e}", obj.key));
@@ -264,21 +407,7 @@ fn read_pack(
             Err(e) => errs.push(format!("{key}{on}: {e}")),
         }
     }
-    for (t, msg, missing) in bad {
-        match &good {
-            Some(bytes) if repair => match t.put(&key, bytes) {
-                Ok(()) => notes.push(format!("{msg}: repaired from a verified copy")),
-                Err(e) => errs.push(format!("{msg}, and repairing it failed: {e}")),
-            },
-            Some(_) if missing => notes.push(format!(
-                "{msg}; `tiervault sync` or `check --read-data --repair` copies it"
-            )),
-            Some(_) => errs.push(format!(
-                "{msg}; `check --read-data --repair` replaces it with a verified copy"
-            )),
-            None => errs.push(msg),
-        }
-    }
+    settle(&key, good.as_deref(), bad, repair, &mut errs, &mut notes);
     let Some(bytes) = good else {
         return (errs, notes);
     };

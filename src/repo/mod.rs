@@ -14,7 +14,7 @@ use crate::format::revision::Revision;
 use crate::format::tree::{decode_tree, Node, Timestamp};
 use crate::format::{indexfile, names, BlobEntry, BlobId, FormatError, FORMAT_VERSION};
 use crate::index::{BlobLoc, Index, IndexError};
-use crate::tier::{Tier, TierError};
+use crate::tier::{get_parsed, Tier, TierError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -37,6 +37,12 @@ pub enum RepoError {
     Index(#[from] IndexError),
     #[error("{object} is damaged: {err}; run `tiervault check --read-data` to find every damaged object")]
     Corrupt { object: String, err: FormatError },
+    #[error("{what} of the repository at {loc} is damaged ({why}), and the repository cannot be opened without it: copy `config` and `keys/` from another tier or from a spare copy (docs/RECOVERY.md, \"A damaged index file, key file or config\")")]
+    Unopenable {
+        what: &'static str,
+        loc: String,
+        why: String,
+    },
     #[error("blob {0} is referenced but no pack holds it; run `tiervault check`")]
     BlobMissing(BlobId),
     #[error("no revision matches {0:?}; `tiervault revisions` lists them")]
@@ -70,6 +76,11 @@ pub struct Repository {
     config: RepoConfig,
     index: Index,
     cache_dir: PathBuf,
+    /// The key file that opened the repository, as (object name, content):
+    /// `check` compares each tier's copy with it.
+    key_file: (String, KeyFile),
+    /// Index files found damaged on every tier, skipped (and said) once.
+    skipped: std::sync::Mutex<std::collections::HashSet<BlobId>>,
 }
 
 pub fn now() -> Timestamp {
@@ -183,7 +194,7 @@ fn unlock(
     pw: Option<&[u8]>,
     config: &RepoConfig,
     loc: &str,
-) -> Result<Keys> {
+) -> Result<(Keys, (String, KeyFile))> {
     let mut last_err = None;
     for (name, kf) in key_files {
         match kf.unwrap_master(pw) {
@@ -192,23 +203,55 @@ fn unlock(
                 // config alone: a tampered config cannot turn it off.
                 let encrypted = kf.needs_password();
                 if encrypted != (config.encryption != "none") {
-                    return Err(RepoError::Corrupt {
-                        object: format!("{loc}/config"),
-                        err: FormatError::Invalid("config and key file disagree about encryption"),
+                    return Err(RepoError::Unopenable {
+                        what: "the config",
+                        loc: loc.to_string(),
+                        why: "config and key file disagree about encryption".into(),
                     });
                 }
-                return Ok(Keys::from_master(master, encrypted));
+                return Ok((
+                    Keys::from_master(master, encrypted),
+                    (name.clone(), kf.clone()),
+                ));
             }
             Ok(None) => {}
             Err(e) => {
-                last_err = Some(RepoError::Corrupt {
-                    object: name.clone(),
-                    err: e,
+                last_err = Some(RepoError::Unopenable {
+                    what: "the key file",
+                    loc: loc.to_string(),
+                    why: format!("{name}: {e}"),
                 })
             }
         }
     }
     Err(last_err.unwrap_or_else(|| RepoError::WrongPassword(loc.to_string())))
+}
+
+/// The copies of key files that the tiers of `store` hold besides those
+/// in `read` (which came from the fastest tier that had each): a copy that
+/// differs from the one read may be the good one.
+fn key_copies_elsewhere(store: &dyn Tier, read: &[(String, KeyFile)]) -> Vec<(String, KeyFile)> {
+    let Some(set) = store.as_set() else {
+        return Vec::new();
+    };
+    let same = |a: &KeyFile, b: &KeyFile| serde_json::to_vec(a).ok() == serde_json::to_vec(b).ok();
+    let mut out: Vec<(String, KeyFile)> = Vec::new();
+    for t in set.online() {
+        for obj in t.list("keys/").unwrap_or_default() {
+            let Ok(b) = t.get(&obj.key) else { continue };
+            let Ok(kf) = serde_json::from_slice::<KeyFile>(&b) else {
+                continue;
+            };
+            if !read
+                .iter()
+                .chain(out.iter())
+                .any(|(n, k)| *n == obj.key && same(k, &kf))
+            {
+                out.push((obj.key, kf));
+            }
+        }
+    }
+    out
 }
 
 fn format_err(object: String) -> impl FnOnce(FormatError) -> RepoError {
@@ -258,7 +301,8 @@ impl Repository {
         let kf = KeyFile::wrap(&keys, password, kdf, &hostname(), &created)
             .map_err(format_err("new key".into()))?;
         let kf_bytes = serde_json::to_vec_pretty(&kf).expect("key file serializes");
-        store.put(&names::key(&BlobId::of_stored(&kf_bytes)), &kf_bytes)?;
+        let key_name = names::key(&BlobId::of_stored(&kf_bytes));
+        store.put(&key_name, &kf_bytes)?;
         let config = RepoConfig {
             version: FORMAT_VERSION,
             id: hex::encode(rand::random::<[u8; 32]>()),
@@ -276,7 +320,7 @@ impl Repository {
             &serde_json::to_vec_pretty(&config).expect("config serializes"),
         )?;
         let index = open_index(cache_root, &config, "index")?;
-        let repo = Self::finish_open(store, keys, config, cache_root, index)?;
+        let repo = Self::finish_open(store, (keys, (key_name, kf)), config, cache_root, index)?;
         // Every tier starts at revision 1, written by this installation.
         drop(repo.begin_write(false)?);
         Ok(repo)
@@ -301,15 +345,18 @@ impl Repository {
         index_name: &str,
     ) -> Result<Self> {
         let loc = store.name().to_string();
-        let raw = match store.get(names::CONFIG) {
-            Ok(b) => b,
-            Err(e) if e.is_not_found() => return Err(RepoError::NotARepository(loc)),
+        // A `config` that is not ours on every tier means this is not a
+        // repository (a directory that happens to hold such a file), not a
+        // damaged one; a tier whose copy is not ours is passed over.
+        let config: RepoConfig = match get_parsed(store.as_ref(), names::CONFIG, |b| {
+            serde_json::from_slice(b).map_err(|e| format!("not a repository's config ({e})"))
+        }) {
+            Ok(c) => c,
+            Err(e) if e.is_not_found() || matches!(e, TierError::Corrupt { .. }) => {
+                return Err(RepoError::NotARepository(loc))
+            }
             Err(e) => return Err(e.into()),
         };
-        // A `config` that is not ours means this is not a repository (a
-        // directory that happens to hold such a file), not a damaged one.
-        let config: RepoConfig =
-            serde_json::from_slice(&raw).map_err(|_| RepoError::NotARepository(loc.clone()))?;
         if config.version > FORMAT_VERSION {
             return Err(RepoError::Corrupt {
                 object: "config".into(),
@@ -322,16 +369,19 @@ impl Repository {
         let mut key_files = Vec::new();
         let mut bad_keys = Vec::new();
         for obj in store.list("keys/")? {
-            let b = store.get(&obj.key)?;
-            match serde_json::from_slice::<KeyFile>(&b) {
+            match get_parsed(store.as_ref(), &obj.key, |b| {
+                serde_json::from_slice::<KeyFile>(b).map_err(|e| format!("not a key file ({e})"))
+            }) {
                 Ok(kf) => key_files.push((obj.key, kf)),
-                Err(_) => bad_keys.push(obj.key),
+                Err(TierError::Corrupt { .. }) => bad_keys.push(obj.key),
+                Err(e) => return Err(e.into()),
             }
         }
         if key_files.is_empty() {
-            return Err(RepoError::Corrupt {
-                object: format!("{loc}/keys/"),
-                err: FormatError::Invalid("no readable key file"),
+            return Err(RepoError::Unopenable {
+                what: "the key file",
+                loc,
+                why: "no readable key file in keys/".into(),
             });
         }
         for k in &bad_keys {
@@ -353,6 +403,20 @@ impl Repository {
             let keys = unlock(&key_files, pw.as_deref(), &config, &loc);
             (keys, index.join().expect("opening the index panicked"))
         });
+        // A key file damaged on one tier may look like a wrong password
+        // (only the password shows it): then every tier's copy is tried.
+        let keys = keys.or_else(|e| match e {
+            RepoError::WrongPassword(_) | RepoError::Corrupt { .. } | RepoError::Unopenable { .. } => {
+                let more = key_copies_elsewhere(store.as_ref(), &key_files);
+                if more.is_empty() {
+                    return Err(e);
+                }
+                let k = unlock(&more, pw.as_deref(), &config, &loc).map_err(|_| e)?;
+                eprintln!("warning: a tier holds a damaged copy of a key file, passed over for another tier's copy; run `tiervault check --repair` (with the same tiers) to replace it");
+                Ok(k)
+            }
+            e => Err(e),
+        });
         let keys = match keys {
             Ok(k) => k,
             Err(e) => {
@@ -368,7 +432,7 @@ impl Repository {
 
     fn finish_open(
         store: Box<dyn Tier>,
-        keys: Keys,
+        (keys, key_file): (Keys, (String, KeyFile)),
         config: RepoConfig,
         cache_root: &Path,
         index: Index,
@@ -386,6 +450,8 @@ impl Repository {
             config,
             index,
             cache_dir,
+            key_file,
+            skipped: Default::default(),
         };
         repo.sync_index()?;
         Ok(repo)
@@ -419,6 +485,10 @@ impl Repository {
             .begin_write(std::sync::Arc::new(self.local_state()), takeover)?;
         Ok(WriteSession(self))
     }
+    /// The key file that opened the repository: (object name, content).
+    pub fn key_file(&self) -> &(String, KeyFile) {
+        &self.key_file
+    }
     pub fn keys(&self) -> &Keys {
         &self.keys
     }
@@ -441,21 +511,30 @@ impl Repository {
                 continue;
             };
             let mark = format!("idx:{}", id.to_hex());
-            if self.index.meta(&mark)?.is_some() {
+            if self.index.meta(&mark)?.is_some()
+                || self.skipped.lock().expect("skipped").contains(&id)
+            {
                 continue;
             }
-            let stored = self.store.get(&obj.key)?;
-            let packs = match indexfile::open(&self.keys, &id, &stored) {
-                Ok(p) if p.iter().all(entries_fit) => p,
-                Ok(_) | Err(_) => {
+            let packs = match get_parsed(self.store.as_ref(), &obj.key, |b| {
+                match indexfile::open(&self.keys, &id, b) {
+                    Ok(p) if p.iter().all(entries_fit) => Ok(p),
+                    Ok(_) => Err("an entry lies outside its pack".to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }) {
+                Ok(p) => p,
+                Err(TierError::Corrupt { .. }) => {
                     // Packs carry their own headers: a damaged index file
                     // costs speed, not data. `check` reports it.
+                    self.skipped.lock().expect("skipped").insert(id);
                     eprintln!(
-                        "warning: {} is damaged and was skipped; run `tiervault check`",
+                        "warning: {} is damaged on every tier that holds it and was skipped; run `tiervault check`",
                         obj.key
                     );
                     continue;
                 }
+                Err(e) => return Err(e.into()),
             };
             for p in &packs {
                 self.index.add_pack(&p.pack, p.pack_len, &p.blobs, true)?;
@@ -718,9 +797,9 @@ impl Repository {
             let rev = match self.index.meta(&mark)? {
                 Some(plain) => Revision::decode(&plain).map_err(format_err(obj.key.clone()))?,
                 None => {
-                    let stored = self.store.get(&obj.key)?;
-                    let rev = Revision::open(&self.keys, &id, &stored)
-                        .map_err(format_err(obj.key.clone()))?;
+                    let rev = get_parsed(self.store.as_ref(), &obj.key, |b| {
+                        Revision::open(&self.keys, &id, b).map_err(|e| e.to_string())
+                    })?;
                     self.index.set_meta(&mark, &rev.encode())?;
                     rev
                 }

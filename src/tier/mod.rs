@@ -238,12 +238,50 @@ pub trait Tier: Send + Sync {
         accept: &mut dyn FnMut(&[u8]) -> Result<(), String>,
     ) -> Result<(), TierError> {
         let bytes = self.get_range(key, offset, len)?;
-        accept(&bytes).map_err(|msg| TierError::Corrupt {
-            tier: self.name().to_string(),
-            key: key.to_string(),
-            msg,
-        })
+        accepted(self.name(), key, &bytes, accept)
     }
+
+    /// As `get_range_checked`, for a whole object, which it returns.
+    fn get_checked(
+        &self,
+        key: &str,
+        accept: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<Vec<u8>, TierError> {
+        let bytes = self.get(key)?;
+        accepted(self.name(), key, &bytes, accept)?;
+        Ok(bytes)
+    }
+}
+
+/// Reads `key` from the first tier whose copy `parse` accepts (a set of
+/// tiers passes over a damaged copy, and records it for repair) and
+/// returns it parsed.
+pub fn get_parsed<T>(
+    store: &dyn Tier,
+    key: &str,
+    parse: impl Fn(&[u8]) -> std::result::Result<T, String>,
+) -> std::result::Result<T, TierError> {
+    let mut out = None;
+    store.get_checked(key, &mut |b| {
+        out = Some(parse(b)?);
+        Ok(())
+    })?;
+    Ok(out.expect("a copy accepted without its value"))
+}
+
+/// `accept`'s verdict on `bytes`, read from `key` on `tier`: a rejection
+/// is that copy's damage.
+fn accepted(
+    tier: &str,
+    key: &str,
+    bytes: &[u8],
+    accept: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+) -> Result<(), TierError> {
+    accept(bytes).map_err(|msg| TierError::Corrupt {
+        tier: tier.to_string(),
+        key: key.to_string(),
+        msg,
+    })
 }
 
 /// Opens the backend for one tier.

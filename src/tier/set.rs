@@ -258,6 +258,9 @@ impl TierSet {
         size: impl Fn(&T) -> usize,
     ) -> Result<T, TierError> {
         let mut first_err: Option<TierError> = None;
+        // Damaged copies met on the way, said and put on record for repair
+        // once a good copy is read (with none, the error says it).
+        let mut damaged: Vec<(String, String)> = Vec::new();
         for i in self.read_order() {
             let t = self.members[i].tier.as_ref();
             let start = Instant::now();
@@ -265,18 +268,22 @@ impl TierSet {
                 Ok(v) => {
                     self.mark_online(i);
                     self.measure(i, size(&v), start.elapsed());
+                    let mut repairs = self.repairs.lock().expect("repairs");
+                    for (tier, why) in damaged {
+                        eprintln!("warning: {why}; read it from tier {} instead", t.name());
+                        let d = (tier, key.to_string());
+                        if !repairs.contains(&d) {
+                            repairs.push(d);
+                        }
+                    }
                     return Ok(v);
                 }
                 Err(e) => {
                     match &e {
                         TierError::Offline { .. } => self.mark_offline(i, &e),
                         TierError::Corrupt { .. } => {
-                            eprintln!("warning: {e}; reading it from another tier");
                             self.state(i).last_error = Some(e.to_string());
-                            self.repairs
-                                .lock()
-                                .expect("repairs")
-                                .push((t.name().to_string(), key.to_string()));
+                            damaged.push((t.name().to_string(), e.to_string()));
                         }
                         TierError::NotFound { .. } | TierError::Interrupted => {}
                         _ => {
@@ -299,7 +306,8 @@ impl TierSet {
         }))
     }
 
-    /// Damaged copies met by reads so far: `(tier, object)`.
+    /// Damaged copies met by reads that then found a good copy on another
+    /// tier, each once: `(tier, object)`.
     pub fn repairs(&self) -> Vec<(String, String)> {
         self.repairs.lock().expect("repairs").clone()
     }
@@ -1056,6 +1064,13 @@ impl Tier for TierSet {
             |t| t.get_range_checked(key, offset, len, accept),
             |_| len as usize,
         )
+    }
+    fn get_checked(
+        &self,
+        key: &str,
+        accept: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<Vec<u8>, TierError> {
+        self.read(key, |t| t.get_checked(key, accept), Vec::len)
     }
 }
 
