@@ -5,6 +5,53 @@
 //! the [`repo::Repository`], which reads and writes the [`format`] through a
 //! [`tier::TierSet`] and keeps a local [`index`] in RocksDB.
 
+/// Writes to stdout as `print!` does, but a stdout that is gone (a closed
+/// pipe: `tiervault ls | head`, `tiervault backup | true`) neither panics
+/// nor stops the command: its work matters more than its report. A closed
+/// stdout is remembered (`stdout_closed`), so long listings can stop.
+#[macro_export]
+macro_rules! out {
+    ($($t:tt)*) => { $crate::write_out(false, format_args!($($t)*)) };
+}
+
+/// `out!` with a newline, as `println!`.
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::write_out(false, format_args!("\n")) };
+    ($($t:tt)*) => { $crate::write_out(false, format_args!("{}\n", format_args!($($t)*))) };
+}
+
+/// To stderr, as `eprint!`, never panicking (see `out!`).
+#[macro_export]
+macro_rules! errp {
+    ($($t:tt)*) => { $crate::write_out(true, format_args!($($t)*)) };
+}
+
+/// To stderr, as `eprintln!`, never panicking (see `out!`).
+#[macro_export]
+macro_rules! errln {
+    () => { $crate::write_out(true, format_args!("\n")) };
+    ($($t:tt)*) => { $crate::write_out(true, format_args!("{}\n", format_args!($($t)*))) };
+}
+
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Behind `out!` and the others: writes `args`, ignoring a failure.
+#[doc(hidden)]
+pub fn write_out(to_stderr: bool, args: std::fmt::Arguments) {
+    use std::io::Write;
+    if to_stderr {
+        let _ = std::io::stderr().lock().write_fmt(args);
+    } else if std::io::stdout().lock().write_fmt(args).is_err() {
+        STDOUT_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Whether writing to stdout failed (its reader went away).
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub mod backup;
 pub mod format;
 pub mod fsmeta;

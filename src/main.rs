@@ -1,6 +1,9 @@
 //! The `tiervault` binary: parses the command line, runs the command, and
 //! turns errors into a one-line message and a documented exit code.
 
+#[macro_use]
+extern crate tiervault;
+
 mod cli;
 
 use clap::Parser;
@@ -35,7 +38,7 @@ fn main() {
     unsafe { tiervault::tier::ssh_dirs::claim() };
     tune_allocator();
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("tiervault: internal error: {info}; please report this");
+        errln!("tiervault: internal error: {info}; please report this");
     }));
     let cli = cli::args::Cli::parse();
     let result = cli::run(cli);
@@ -49,7 +52,7 @@ fn main() {
     let code = match result {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("tiervault: error: {e:#}");
+            errln!("tiervault: error: {e:#}");
             exit_code(&e)
         }
     };

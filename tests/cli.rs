@@ -120,3 +120,60 @@ fn help_documents_exit_codes_and_generated_docs_exist() {
     assert!(page.contains(".TH") && page.contains("exclude"));
     assert!(d.path().join("tiervault.1").exists());
 }
+
+/// A reader that goes away (`| head`, `| true`) neither fails a backup
+/// nor turns it into an internal error: the revision is saved, and the
+/// commands end with 0, as with their output read.
+#[test]
+fn a_closed_stdout_does_not_fail_a_command() {
+    let env = Env::new();
+    let repo = env.path("repo");
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..2000 {
+        fs::write(
+            src.join(format!("file-with-a-long-name-{i:05}")),
+            i.to_string(),
+        )
+        .unwrap();
+    }
+    let sh = |cmd: &str| {
+        let o = Command::new("bash")
+            .arg("-c")
+            .arg(format!("set -o pipefail; \"$TV\" -r \"$REPO\" {cmd}"))
+            .env("TV", env!("CARGO_BIN_EXE_tiervault"))
+            .env("REPO", &repo)
+            .env("TIERVAULT_CACHE_DIR", env.path("cache"))
+            .env("TIERVAULT_STATE_DIR", env.path("state"))
+            .env("TIERVAULT_PASSWORD", common::PASSWORD)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!err.contains("internal error"), "{cmd}: {err}");
+        (o.status.code(), err)
+    };
+    let (code, err) = sh("init --kdf-memory 1024 --kdf-iterations 1 | true");
+    assert_eq!(code, Some(0), "{err}");
+    let src_s = src.to_str().unwrap();
+    for cmd in [
+        format!("backup {src_s} | true"),
+        format!("ls latest | head -n 1"),
+        "--json revisions | true".into(),
+        "check | true".into(),
+        "tiers | head -n 1".into(),
+    ] {
+        let (code, err) = sh(&cmd);
+        assert_eq!(code, Some(0), "{cmd}: {err}");
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_tiervault"))
+        .arg("-r")
+        .arg(&repo)
+        .args(["--json", "revisions"])
+        .env("TIERVAULT_CACHE_DIR", env.path("cache"))
+        .env("TIERVAULT_STATE_DIR", env.path("state"))
+        .env("TIERVAULT_PASSWORD", common::PASSWORD)
+        .output()
+        .unwrap();
+    let revs = json(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(revs.as_array().map(Vec::len), Some(1), "{revs}");
+}

@@ -57,9 +57,7 @@ pub fn run(repo: Arc<Repository>, opts: &BackupOptions) -> Result<BackupSummary>
     let session = repo.begin_write(false)?;
     let leftovers = adopt_unindexed_packs(&repo)?;
     if leftovers > 0 {
-        eprintln!(
-            "indexed {leftovers} pack(s) left by an interrupted backup; their data is reused"
-        );
+        errln!("indexed {leftovers} pack(s) left by an interrupted backup; their data is reused");
     }
     let writer = Arc::new(BlobWriter::new(repo.clone(), 2));
     let outcome = walk::Walker::run(repo.clone(), writer.clone(), opts, &paths);

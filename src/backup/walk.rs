@@ -118,7 +118,7 @@ fn workers_gone() -> RepoError {
 
 fn report(counters: &Counters, path: &Path, e: &dyn std::fmt::Display) {
     counters.errors.fetch_add(1, Ordering::Relaxed);
-    eprintln!("error: {}: {e} (skipped)", path.display());
+    errln!("error: {}: {e} (skipped)", path.display());
 }
 
 impl Walker {
@@ -241,7 +241,7 @@ impl Walker {
     fn node(&self, path: &Path, md: &Metadata, kind: NodeKind, body: Body) -> Node {
         let xattrs = fsmeta::xattrs(path).unwrap_or_else(|e| {
             self.counters.warnings.fetch_add(1, Ordering::Relaxed);
-            eprintln!(
+            errln!(
                 "warning: {}: cannot read extended attributes: {e}",
                 path.display()
             );
@@ -494,7 +494,7 @@ fn process_file(
     c.read.fetch_add(content.bytes_read, Ordering::Relaxed);
     if content.changed {
         c.warnings.fetch_add(1, Ordering::Relaxed);
-        eprintln!(
+        errln!(
             "warning: {} changed while it was read; the revision holds the bytes read",
             path.display()
         );
@@ -528,7 +528,7 @@ fn spawn_progress(c: Arc<Counters>) -> (Sender<()>, std::thread::JoinHandle<()>)
         while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
             rx.recv_timeout(Duration::from_secs(1))
         {
-            eprint!(
+            errp!(
                 "\r[{:>4}s] {} files, {} dirs, {} read   ",
                 start.elapsed().as_secs(),
                 c.files.load(Ordering::Relaxed),
@@ -536,7 +536,7 @@ fn spawn_progress(c: Arc<Counters>) -> (Sender<()>, std::thread::JoinHandle<()>)
                 crate::human_bytes(c.read.load(Ordering::Relaxed))
             );
         }
-        eprint!("\r\x1b[K");
+        errp!("\r\x1b[K");
     });
     (tx, t)
 }

@@ -33,20 +33,20 @@ pub fn init(s: &Settings, a: &InitArgs) -> anyhow::Result<i32> {
     };
     let repo = Repository::init(Box::new(store), pw.as_deref(), kdf, &s.cache_root)?;
     if s.json {
-        println!(
+        outln!(
             "{}",
             json!({"id": repo.config().id, "tiers": s.locations(), "encryption": repo.config().encryption})
         );
     } else if !s.quiet {
-        println!(
+        outln!(
             "created repository {} on {}",
             &repo.config().id[..8],
             s.locations().join(", ")
         );
         if a.insecure_no_encryption {
-            println!("warning: this repository is NOT encrypted");
+            outln!("warning: this repository is NOT encrypted");
         } else {
-            println!("keep the password safe: without it the data cannot be read");
+            outln!("keep the password safe: without it the data cannot be read");
         }
     }
     Ok(0)
@@ -68,7 +68,7 @@ pub fn backup(s: &Settings, a: &BackupArgs) -> anyhow::Result<i32> {
     let st = &sum.revision.stats;
     let secs = started.elapsed().as_secs_f64();
     if s.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "id": sum.id.to_hex(), "short_id": sum.id.short(), "time": timefmt::rfc3339(sum.revision.time),
@@ -78,7 +78,7 @@ pub fn backup(s: &Settings, a: &BackupArgs) -> anyhow::Result<i32> {
             })
         );
     } else if !s.quiet {
-        println!(
+        outln!(
             "revision {} saved: {} files, {} dirs, {} processed, {} new ({} stored) in {:.1}s",
             sum.id.short(),
             st.files,
@@ -90,7 +90,7 @@ pub fn backup(s: &Settings, a: &BackupArgs) -> anyhow::Result<i32> {
         );
     }
     if sum.errors > 0 {
-        eprintln!(
+        errln!(
             "warning: {} file(s) or directories could not be read and are not in this revision",
             sum.errors
         );
@@ -115,14 +115,14 @@ pub fn restore(s: &Settings, a: &RestoreArgs) -> anyhow::Result<i32> {
     let sum = restore::run(repo.clone(), &r.tree, start, path, &opts)?;
     report_repairs(&repo);
     if s.json {
-        println!(
+        outln!(
             "{}",
             json!({"revision": id.to_hex(), "files": sum.files, "dirs": sum.dirs, "others": sum.others,
                    "bytes": sum.bytes, "errors": sum.errors, "warnings": sum.warnings,
                    "seconds": started.elapsed().as_secs_f64()})
         );
     } else if !s.quiet {
-        println!(
+        outln!(
             "restored revision {} to {}: {} files, {} dirs, {} other, {} in {:.1}s",
             id.short(),
             a.target.display(),
@@ -146,7 +146,7 @@ pub fn check(s: &Settings, a: &CheckArgs) -> anyhow::Result<i32> {
     let repo = s.open()?;
     let r = check::run(&repo, a.read_data, a.repair)?;
     if s.json {
-        println!(
+        outln!(
             "{}",
             json!({"packs": r.packs, "blobs": r.blobs, "revisions": r.revisions, "trees": r.trees,
                    "packs_read": r.packs_read, "errors": r.errors, "notes": r.notes})
@@ -154,14 +154,14 @@ pub fn check(s: &Settings, a: &CheckArgs) -> anyhow::Result<i32> {
     } else {
         if !s.quiet {
             for n in &r.notes {
-                println!("note: {n}");
+                outln!("note: {n}");
             }
         }
         for e in &r.errors {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
         }
         if !s.quiet {
-            println!(
+            outln!(
                 "checked {} revisions, {} trees, {} packs, {} blobs{}: {} error(s)",
                 r.revisions,
                 r.trees,
@@ -192,7 +192,7 @@ pub fn completions(a: &CompletionsArgs) -> anyhow::Result<i32> {
         "fish" => include_str!(concat!(env!("OUT_DIR"), "/completions/tiervault.fish")),
         other => bail!("no completions for {other:?}: choose bash, zsh or fish"),
     };
-    print!("{text}");
+    out!("{text}");
     Ok(0)
 }
 
@@ -202,7 +202,7 @@ pub fn manpages(a: &ManpagesArgs) -> anyhow::Result<i32> {
     for (name, body) in MAN_PAGES {
         std::fs::write(a.dir.join(name), body).with_context(|| format!("cannot write {name}"))?;
     }
-    println!("wrote {} man pages to {}", MAN_PAGES.len(), a.dir.display());
+    outln!("wrote {} man pages to {}", MAN_PAGES.len(), a.dir.display());
     Ok(0)
 }
 
@@ -253,7 +253,7 @@ pub fn mount(s: &Settings, a: &MountArgs) -> anyhow::Result<i32> {
     let quiet = s.quiet;
     tiervault::mount::run(repo.clone(), &a.dir, opts, || {
         if !quiet {
-            eprintln!("mounted on {dir}; stop with Ctrl-C or `fusermount3 -u {dir}`");
+            errln!("mounted on {dir}; stop with Ctrl-C or `fusermount3 -u {dir}`");
         }
         if let Some(fd) = std::env::var(READY_FD)
             .ok()
@@ -314,7 +314,7 @@ fn detach(s: &Settings, a: &MountArgs) -> anyhow::Result<i32> {
     let mut buf = [0u8; 1];
     if ready.read(&mut buf).unwrap_or(0) == 1 {
         if !s.quiet {
-            println!(
+            outln!(
                 "mounted on {} (process {}); stop with `fusermount3 -u {}`",
                 a.dir.display(),
                 child.id(),
@@ -337,7 +337,7 @@ fn detach(s: &Settings, a: &MountArgs) -> anyhow::Result<i32> {
 /// Damaged copies that reads fell over from: named, with what to do.
 pub fn report_repairs(repo: &tiervault::repo::Repository) {
     for (tier, key) in repo.tiers().repairs() {
-        eprintln!(
+        errln!(
             "warning: tier {tier} holds a damaged copy of {key}; the data came from another tier. Run `tiervault check --read-data --repair` (with the same tiers) to replace it with a verified copy"
         );
     }

@@ -45,12 +45,16 @@ pub fn revisions(s: &Settings, a: &RevisionsArgs) -> anyhow::Result<i32> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:<8}  {:<22}  {:<16}  {:>10}  {:<12}  paths",
-        "id", "name", "host", "size", "tags"
+        "id",
+        "name",
+        "host",
+        "size",
+        "tags"
     );
     for ((id, r), name) in &rows {
         let paths: Vec<_> = r
@@ -58,7 +62,7 @@ pub fn revisions(s: &Settings, a: &RevisionsArgs) -> anyhow::Result<i32> {
             .iter()
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .collect();
-        println!(
+        outln!(
             "{:<8}  {:<22}  {:<16}  {:>10}  {:<12}  {}",
             id.short(),
             name,
@@ -68,7 +72,7 @@ pub fn revisions(s: &Settings, a: &RevisionsArgs) -> anyhow::Result<i32> {
             paths.join(" ")
         );
     }
-    println!("{} revision(s)", rows.len());
+    outln!("{} revision(s)", rows.len());
     Ok(0)
 }
 
@@ -124,7 +128,7 @@ fn node_json(path: &[u8], n: &Node) -> serde_json::Value {
 
 fn print_node(s: &Settings, a: &LsArgs, path: &[u8], n: &Node) {
     if s.json {
-        println!("{}", node_json(path, n));
+        outln!("{}", node_json(path, n));
     } else if a.long {
         let owner = if n.meta.user.is_empty() {
             n.meta.uid.to_string()
@@ -148,9 +152,9 @@ fn print_node(s: &Settings, a: &LsArgs, path: &[u8], n: &Node) {
         if let Body::Symlink(t) = &n.body {
             line.push_str(&format!(" -> {}", String::from_utf8_lossy(t)));
         }
-        println!("{line}");
+        outln!("{line}");
     } else {
-        println!("{}", String::from_utf8_lossy(path));
+        outln!("{}", String::from_utf8_lossy(path));
     }
 }
 
@@ -162,6 +166,10 @@ fn walk(
     prefix: &[u8],
 ) -> anyhow::Result<()> {
     for n in repo.load_tree(tree)? {
+        // Nobody reads on (`tiervault ls … | head`).
+        if tiervault::stdout_closed() {
+            break;
+        }
         let mut p = prefix.to_vec();
         p.push(b'/');
         p.extend_from_slice(&n.name);

@@ -138,7 +138,7 @@ impl Settings {
                 // 0) until `tiervault sync` copies the repository there. An
                 // empty local directory may be an unmounted share: left out.
                 Ok(None) if t.is_remote() => {
-                    eprintln!(
+                    errln!(
                         "note: tier {} is empty; `tiervault sync` copies the repository there",
                         t.name()
                     );
@@ -172,7 +172,7 @@ impl Settings {
             return Err(RepoError::NotARepository(loc).into());
         }
         for t in &missing {
-            eprintln!(
+            errln!(
                 "warning: tier {} holds no repository (unmounted, or not initialised); carrying on without it",
                 t.name()
             );

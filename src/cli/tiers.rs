@@ -33,7 +33,7 @@ pub fn tiers(s: &Settings, a: &super::args::TiersArgs) -> anyhow::Result<i32> {
                 v
             })
             .collect();
-        println!("{}", serde_json::Value::Array(rows));
+        outln!("{}", serde_json::Value::Array(rows));
         return Ok(0);
     }
     for (t, l) in status.iter().zip(&lacks) {
@@ -45,23 +45,23 @@ pub fn tiers(s: &Settings, a: &super::args::TiersArgs) -> anyhow::Result<i32> {
                 None => "online, behind (`tiervault sync` catches it up)".to_string(),
             },
         };
-        println!("{}", t.name);
-        println!("  state:      {state}");
-        println!(
+        outln!("{}", t.name);
+        outln!("  state:      {state}");
+        outln!(
             "  revision:   {}",
             t.revision.map_or("unknown".into(), |r| r.to_string())
         );
         if let Some(ms) = t.latency_ms {
-            println!("  latency:    {ms:.1} ms");
+            outln!("  latency:    {ms:.1} ms");
         }
         if let Some(mb) = t.throughput_mib_s {
-            println!("  throughput: {mb:.1} MiB/s");
+            outln!("  throughput: {mb:.1} MiB/s");
         }
         if let Some(p) = t.priority {
-            println!("  priority:   {p}");
+            outln!("  priority:   {p}");
         }
         if let Some(e) = &t.last_error {
-            println!("  last error: {e}");
+            outln!("  last error: {e}");
         }
     }
     Ok(0)
@@ -74,13 +74,13 @@ pub fn sync(s: &Settings) -> anyhow::Result<i32> {
         .tiers()
         .sync(&repo.local_state(), &|| false, &mut |tier, what| {
             if !quiet {
-                eprintln!("{tier}: {what}");
+                errln!("{tier}: {what}");
             }
         })?;
     if s.json {
-        println!("{}", json!({"complete": done, "copied": copied}));
+        outln!("{}", json!({"complete": done, "copied": copied}));
     } else if !quiet {
-        println!(
+        outln!(
             "{} ({copied} objects copied)",
             if done {
                 "every online tier is synchronised"
@@ -97,7 +97,7 @@ pub fn sync(s: &Settings) -> anyhow::Result<i32> {
         .map(|t| t.name)
         .collect();
     if !behind.is_empty() && !quiet {
-        eprintln!("still behind (offline): {}", behind.join(", "));
+        errln!("still behind (offline): {}", behind.join(", "));
     }
     Ok(if done { 0 } else { 1 })
 }
@@ -106,7 +106,7 @@ pub fn takeover(s: &Settings) -> anyhow::Result<i32> {
     let repo = s.open()?;
     drop(repo.begin_write(true)?);
     if !s.quiet {
-        println!("this installation is now the writer of the repository on every online tier");
+        outln!("this installation is now the writer of the repository on every online tier");
     }
     Ok(0)
 }

@@ -1738,7 +1738,7 @@ impl FsCore {
                 Segment::Hole { .. } => out.resize(out.len() + (upto - pos) as usize, 0),
                 Segment::Data { id, .. } => {
                     let data = get(id).inspect_err(|e| {
-                        eprintln!(
+                        errln!(
                             "tiervault mount: cannot read {} at offset {start}: {e}",
                             self.path_of(f.ino)
                         )

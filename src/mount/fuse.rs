@@ -54,7 +54,7 @@ impl FuseFs {
         let jobs = super::queue::workers("mount-worker", workers, usize::MAX, |job: Job| job())
             .map(|(tx, _)| tx);
         if jobs.is_none() {
-            eprintln!(
+            errln!(
                 "tiervault mount: cannot start worker threads; answering on the kernel-facing ones"
             );
         }
@@ -154,7 +154,7 @@ fn ttl(a: &Attr) -> Duration {
 /// theirs with the file's path in the core, and reply with `e.errno()`).
 fn errno(e: &FsError) -> Errno {
     if let FsError::Storage(err) = e {
-        eprintln!("tiervault mount: {err}");
+        errln!("tiervault mount: {err}");
     }
     Errno::from_i32(e.errno())
 }

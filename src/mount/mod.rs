@@ -97,7 +97,7 @@ pub fn run(
             }
         });
     if let Err(e) = watch {
-        eprintln!("tiervault mount: cannot start the thread that moves `latest` ({e}); `latest` may keep its first target until the mount is restarted");
+        errln!("tiervault mount: cannot start the thread that moves `latest` ({e}); `latest` may keep its first target until the mount is restarted");
     }
     let mut ticks = 0u32;
     while !STOP.load(Ordering::SeqCst) && !session.guard.is_finished() {
@@ -187,10 +187,10 @@ fn spawn_idle_sync(repo: Arc<Repository>, core: Arc<core::FsCore>) -> std::threa
             }
             let busy = || STOP.load(Ordering::SeqCst) || core.idle_for() < IDLE;
             let report = set.sync(&repo.local_state(), &busy, &mut |tier, what| {
-                eprintln!("tiervault mount: sync {tier}: {what}");
+                errln!("tiervault mount: sync {tier}: {what}");
             });
             if let Err(e) = report {
-                eprintln!("tiervault mount: sync: {e}");
+                errln!("tiervault mount: sync: {e}");
             }
         }
     })

@@ -385,7 +385,7 @@ impl Repository {
             });
         }
         for k in &bad_keys {
-            eprintln!("warning: {k} is not a key file; ignored");
+            errln!("warning: {k} is not a key file; ignored");
         }
         let pw = if key_files.iter().any(|(_, k)| k.needs_password()) {
             Some(password()?)
@@ -412,7 +412,7 @@ impl Repository {
                     return Err(e);
                 }
                 let k = unlock(&more, pw.as_deref(), &config, &loc).map_err(|_| e)?;
-                eprintln!("warning: a tier holds a damaged copy of a key file, passed over for another tier's copy; run `tiervault check --repair` (with the same tiers) to replace it");
+                errln!("warning: a tier holds a damaged copy of a key file, passed over for another tier's copy; run `tiervault check --repair` (with the same tiers) to replace it");
                 Ok(k)
             }
             e => Err(e),
@@ -528,7 +528,7 @@ impl Repository {
                     // Packs carry their own headers: a damaged index file
                     // costs speed, not data. `check` reports it.
                     self.skipped.lock().expect("skipped").insert(id);
-                    eprintln!(
+                    errln!(
                         "warning: {} is damaged on every tier that holds it and was skipped; run `tiervault check`",
                         obj.key
                     );
@@ -907,7 +907,7 @@ impl crate::tier::set::LocalState for LocalTiers {
             .and_then(|()| std::fs::rename(&tmp, &self.installation))
             .is_err()
         {
-            eprintln!(
+            errln!(
                 "warning: cannot record this installation's id in {}",
                 self.installation.display()
             );
@@ -961,7 +961,7 @@ impl crate::tier::set::LocalState for LocalTiers {
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
-                eprintln!(
+                errln!(
                     "warning: cannot record the write session in {}: {e}; if it is cut off, run \
                      `tiervault sync` before the next backup",
                     self.sessions.display()
@@ -1019,7 +1019,7 @@ impl crate::tier::set::LocalState for LocalTiers {
             .and_then(|()| std::fs::rename(&tmp, &self.file))
             .is_err()
         {
-            eprintln!(
+            errln!(
                 "warning: cannot record tier revisions in {}",
                 self.file.display()
             );

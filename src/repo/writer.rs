@@ -307,7 +307,7 @@ pub fn adopt_unindexed_packs(repo: &Repository) -> Result<usize> {
         .collect();
     let local = repo.index().packs()?;
     if let Some(gone) = local.iter().find(|p| !listed.contains_key(p)) {
-        eprintln!(
+        errln!(
             "warning: the local cache names {} which no tier holds; rebuilding the cache from the tiers",
             names::pack(gone)
         );
@@ -321,7 +321,7 @@ pub fn adopt_unindexed_packs(repo: &Repository) -> Result<usize> {
             .filter(|p| !listed.contains_key(p))
             .collect();
         if !missing.is_empty() {
-            eprintln!("warning: {} pack(s) named by index files are missing from every tier; run `tiervault check`", missing.len());
+            errln!("warning: {} pack(s) named by index files are missing from every tier; run `tiervault check`", missing.len());
             repo.index().forget_packs(&missing)?;
         }
     }
@@ -338,7 +338,7 @@ pub fn adopt_unindexed_packs(repo: &Repository) -> Result<usize> {
         // between them): it is reused only once every synchronised tier
         // holds it, else its data is stored again.
         if !repo.tiers().spread(&names::pack(pack)) {
-            eprintln!(
+            errln!(
                 "note: {} is not on every tier and cannot be copied there now; not reused",
                 names::pack(pack)
             );
@@ -354,7 +354,7 @@ pub fn adopt_unindexed_packs(repo: &Repository) -> Result<usize> {
                 });
             }
             // A damaged leftover is not adopted; `check` reports it.
-            Err(e) => eprintln!("warning: {}: {e}; not reused", names::pack(pack)),
+            Err(e) => errln!("warning: {}: {e}; not reused", names::pack(pack)),
         }
     }
     if !packs.is_empty() {

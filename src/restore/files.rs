@@ -179,7 +179,7 @@ fn restore_one(
             // Never leave a file with wrong or missing bytes behind.
             let _ = std::fs::remove_file(&job.path);
             c.errors.fetch_add(1, Ordering::Relaxed);
-            eprintln!(
+            errln!(
                 "error: {}: {e}; the file was not restored",
                 job.path.display()
             );
@@ -259,13 +259,13 @@ pub(crate) fn restore_metadata(path: &Path, node: &Node, c: &Counters) {
     let m = &node.meta;
     let warn = |what: &str, e: std::io::Error| {
         c.warnings.fetch_add(1, Ordering::Relaxed);
-        eprintln!("warning: {}: cannot restore {what}: {e}", path.display());
+        errln!("warning: {}: cannot restore {what}: {e}", path.display());
     };
     if let Err(e) = fsmeta::lchown(path, m.uid, m.gid) {
         if e.raw_os_error() == Some(libc::EPERM) {
             c.warnings.fetch_add(1, Ordering::Relaxed);
             if !CHOWN_WARNED.swap(true, Ordering::Relaxed) {
-                eprintln!("warning: not permitted to restore owners (run as root to restore them); files keep your ownership");
+                errln!("warning: not permitted to restore owners (run as root to restore them); files keep your ownership");
             }
         } else {
             warn("owner", e);

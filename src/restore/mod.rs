@@ -142,7 +142,7 @@ pub fn run(
             Ok(()) => summary.files += 1,
             Err(e) => {
                 counters.errors.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
+                errln!(
                     "error: cannot link {} to {}: {e}",
                     path.display(),
                     first.display()
@@ -254,7 +254,7 @@ impl Walk<'_> {
 
     fn fail(&self, path: &Path, e: &dyn std::fmt::Display) {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
-        eprintln!("error: {}: {e}", path.display());
+        errln!("error: {}: {e}", path.display());
     }
 }
 

@@ -195,7 +195,7 @@ impl TierSet {
         }
         let mut s = self.state(i);
         if s.online {
-            eprintln!("warning: {e}; carrying on without it");
+            errln!("warning: {e}; carrying on without it");
         }
         s.online = false;
         s.offline_since = Some(Instant::now());
@@ -205,7 +205,7 @@ impl TierSet {
     fn mark_online(&self, i: usize) {
         let mut s = self.state(i);
         if !s.online {
-            eprintln!("tier {} is back online", self.members[i].tier.name());
+            errln!("tier {} is back online", self.members[i].tier.name());
         }
         s.online = true;
         s.offline_since = None;
@@ -270,7 +270,7 @@ impl TierSet {
                     self.measure(i, size(&v), start.elapsed());
                     let mut repairs = self.repairs.lock().expect("repairs");
                     for (tier, why) in damaged {
-                        eprintln!("warning: {why}; read it from tier {} instead", t.name());
+                        errln!("warning: {why}; read it from tier {} instead", t.name());
                         let d = (tier, key.to_string());
                         if !repairs.contains(&d) {
                             repairs.push(d);
@@ -287,7 +287,7 @@ impl TierSet {
                         }
                         TierError::NotFound { .. } | TierError::Interrupted => {}
                         _ => {
-                            eprintln!("warning: {e}; trying the next tier");
+                            errln!("warning: {e}; trying the next tier");
                             self.state(i).last_error = Some(e.to_string());
                         }
                     }
@@ -330,7 +330,7 @@ impl TierSet {
                 .collect();
             if !targets.is_empty() {
                 if said {
-                    eprintln!("a tier is back; carrying on");
+                    errln!("a tier is back; carrying on");
                 }
                 return Ok(targets);
             }
@@ -346,7 +346,7 @@ impl TierSet {
                 }
             }
             if !said {
-                eprintln!(
+                errln!(
                     "every synchronised tier is offline; waiting for one to come back{}",
                     self.wait_limit.map_or(String::new(), |l| format!(
                         " (for at most {} s)",
@@ -496,7 +496,7 @@ impl TierSet {
         if e.is_offline() {
             self.mark_offline(i, e);
         } else {
-            eprintln!("warning: {e}; the other tiers have it");
+            errln!("warning: {e}; the other tiers have it");
             self.state(i).last_error = Some(e.to_string());
         }
         self.state(i).synced = false;
@@ -760,7 +760,7 @@ impl TierSet {
             local.forget_sessions(&left);
             return false;
         }
-        eprintln!(
+        errln!(
             "the last write to these tiers stopped before it finished (Ctrl-C, a crash or a \
              kill); copying to each tier what another one holds and it lacks"
         );
@@ -769,19 +769,19 @@ impl TierSet {
         let all_online = (0..self.members.len()).all(|i| self.state(i).online);
         match done {
             Ok((true, n)) if all_online => {
-                eprintln!("the tiers hold the same objects again ({n} copied)")
+                errln!("the tiers hold the same objects again ({n} copied)")
             }
             Ok((true, n)) => {
-                eprintln!(
+                errln!(
                     "the online tiers hold the same objects again ({n} copied); a tier that is \
                      offline gets them from `tiervault sync` once it is back"
                 );
                 *self.left_open.lock().expect("left open") = left;
             }
             Ok((false, _)) => {
-                eprintln!("warning: the tiers are not reconciled yet; `tiervault sync` finishes it")
+                errln!("warning: the tiers are not reconciled yet; `tiervault sync` finishes it")
             }
-            Err(e) => eprintln!(
+            Err(e) => errln!(
                 "warning: cannot reconcile the tiers now: {e}; `tiervault sync` does it once they \
                  can be reached"
             ),
@@ -1020,7 +1020,7 @@ impl Tier for TierSet {
                     if e.is_offline() {
                         self.mark_offline(i, &e);
                     } else if !matches!(e, TierError::Interrupted) {
-                        eprintln!("warning: {e}; listing the other tiers");
+                        errln!("warning: {e}; listing the other tiers");
                     }
                     first_err.get_or_insert(e);
                 }
