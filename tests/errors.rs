@@ -413,3 +413,30 @@ fn a_full_tier_gives_a_clear_error_and_loses_nothing() {
     assert_eq!(revs.as_array().unwrap().len(), 1);
     assert!(tv(&["check", "--read-data"]).status.success());
 }
+
+/// `takeover` (or any write) on a tier that cannot be written, such as a
+/// share mounted read-only: no tier takes the new revision, so the command
+/// fails saying nothing was written, instead of announcing success and
+/// leaving the tier as it was.
+#[test]
+fn takeover_on_a_read_only_tier_fails_and_says_so() {
+    assert!(is_root(), "run the suite as root");
+    let env = Env::new();
+    env.init();
+    let before = fs::read(env.repo.join("tierstate")).unwrap();
+    let mode = |p: &std::path::Path, m: u32| {
+        fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap()
+    };
+    mode(&env.repo, 0o555);
+    let o = without_dac_override(env.cmd().arg("takeover"))
+        .output()
+        .unwrap();
+    mode(&env.repo, 0o755);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("nothing was written"), "{e}");
+    assert!(!e.contains("the other tiers have it"), "{e}");
+    assert_eq!(fs::read(env.repo.join("tierstate")).unwrap(), before);
+    // Writable again, the same takeover goes through.
+    env.ok(["takeover"]);
+}

@@ -693,17 +693,38 @@ impl TierSet {
             writer: me,
             host: local.host(),
         };
+        let mut failed = Vec::new();
+        let mut took = false;
         for i in 0..self.members.len() {
             if !self.writable(i) {
                 continue;
             }
             match self.write_state(i, &new) {
                 Ok(()) => {
+                    took = true;
                     self.state(i).revision = Some(next);
                     local.set_last_revision(self.members[i].tier.name(), next);
                 }
-                Err(e) => self.fell_behind(i, &e),
+                Err(e) => failed.push((i, e)),
             }
+        }
+        if !took && !failed.is_empty() {
+            // Nothing was written: the session ends here, and no tier is
+            // put behind for it.
+            local.close_session();
+            return Err(TierError::AllFailed {
+                key: "tierstate (the revision, written before anything else; nothing was written)"
+                    .into(),
+                errors: failed
+                    .iter()
+                    .map(|(_, e)| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }
+            .into());
+        }
+        for (i, e) in failed {
+            self.fell_behind(i, &e);
         }
         Ok(())
     }
