@@ -203,4 +203,54 @@ fn daemon_mode_returns_once_mounted_and_stops_on_unmount() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("the mount did not start"));
+    // A wrong password gives its own exit code, as without --daemon.
+    let o = env
+        .cmd()
+        .env("TIERVAULT_PASSWORD", "not the password")
+        .args(["mount", "--daemon"])
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(12), "{err}");
+    assert!(err.contains("wrong password"), "{err}");
+    assert!(!mounted(&mnt));
+}
+
+/// A repository with no revision yet mounts with its empty directories and
+/// no `latest`, whose listing shows it once the first backup is saved.
+#[test]
+fn an_empty_repository_mounts_and_its_first_revision_appears() {
+    let env = Env::new();
+    env.init();
+    let mnt = env.path("mnt");
+    let _m = Mount::spawn_until(env.cmd(), &mnt, None, "revisions");
+    let names = || {
+        let mut v: Vec<String> = fs::read_dir(&mnt)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(), ["by-host", "by-tag", "history", "revisions"]);
+    assert_eq!(fs::read_dir(mnt.join("revisions")).unwrap().count(), 0);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"first").unwrap();
+    env.ok(["backup", src.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !names().contains(&"latest".to_string()) {
+        assert!(
+            Instant::now() < deadline,
+            "latest did not appear: {:?}",
+            names()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let f = mnt
+        .join("latest")
+        .join(src.strip_prefix("/").unwrap())
+        .join("f");
+    assert_eq!(fs::read(f).unwrap(), b"first");
 }

@@ -306,7 +306,7 @@ fn detach(s: &Settings, a: &MountArgs) -> anyhow::Result<i32> {
             Ok(())
         });
     }
-    let child = cmd.spawn().context("cannot start the mount process")?;
+    let mut child = cmd.spawn().context("cannot start the mount process")?;
     // SAFETY: our copy of the write end is not needed; the child has its own.
     unsafe { libc::close(w) };
     // SAFETY: r is the read end we own.
@@ -323,15 +323,28 @@ fn detach(s: &Settings, a: &MountArgs) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
+    // It ended without mounting: its exit code is ours (12 for a wrong
+    // password, 10 for no repository), with its last message.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let code = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st.code().unwrap_or(1),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            _ => break 1,
+        }
+    };
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    bail!(
-        "the mount did not start: {}",
+    errln!(
+        "tiervault: error: the mount did not start: {}",
         log.trim()
             .lines()
             .last()
             .unwrap_or("no message")
             .trim_start_matches("tiervault: error: ")
-    )
+    );
+    Ok(if code == 0 { 1 } else { code })
 }
 
 /// Damaged copies that reads fell over from: named, with what to do.

@@ -148,7 +148,8 @@ impl What {
     fn changes(&self) -> bool {
         matches!(
             self,
-            What::Revisions
+            What::Root
+                | What::Revisions
                 | What::Latest
                 | What::Groups { .. }
                 | What::Group { .. }
@@ -1212,15 +1213,20 @@ impl FsCore {
 
     fn children(&self, ino: u64) -> FsResult<Vec<Entry>> {
         match &self.inode(ino)?.what {
-            What::Root => Ok(TOP
-                .iter()
-                .map(|(ino, name, kind)| Entry {
-                    ino: *ino,
-                    kind: *kind,
-                    name: name.to_vec(),
-                    what: top_what(*ino),
-                })
-                .collect()),
+            What::Root => {
+                // `latest` names nothing before the first revision.
+                let none = self.revisions()?.is_empty();
+                Ok(TOP
+                    .iter()
+                    .filter(|(ino, ..)| !(none && *ino == LATEST))
+                    .map(|(ino, name, kind)| Entry {
+                        ino: *ino,
+                        kind: *kind,
+                        name: name.to_vec(),
+                        what: top_what(*ino),
+                    })
+                    .collect())
+            }
             What::Revisions => Ok(self
                 .revisions()?
                 .into_iter()

@@ -33,7 +33,13 @@ impl Mount {
     }
 
     /// As `spawn`, with the mount's stderr written to `log`.
-    pub fn spawn_logging(mut cmd: Command, dir: &Path, log: Option<&Path>) -> Mount {
+    pub fn spawn_logging(cmd: Command, dir: &Path, log: Option<&Path>) -> Mount {
+        Self::spawn_until(cmd, dir, log, "latest")
+    }
+
+    /// As `spawn_logging`, ready once the mount shows `ready` (`latest`
+    /// needs a revision).
+    pub fn spawn_until(mut cmd: Command, dir: &Path, log: Option<&Path>, ready: &str) -> Mount {
         fs::create_dir_all(dir).unwrap();
         let stderr = match log {
             Some(p) => std::process::Stdio::from(fs::File::create(p).unwrap()),
@@ -45,7 +51,7 @@ impl Mount {
             dir: dir.to_path_buf(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while fs::symlink_metadata(dir.join("latest")).is_err() {
+        while fs::symlink_metadata(dir.join(ready)).is_err() {
             assert!(Instant::now() < deadline, "the mount did not come up");
             std::thread::sleep(Duration::from_millis(50));
         }
