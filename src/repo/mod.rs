@@ -25,7 +25,7 @@ pub enum RepoError {
     NotARepository(String),
     #[error("a tiervault repository already exists at {0}")]
     AlreadyExists(String),
-    #[error("wrong password for the repository at {0}: check TIERVAULT_PASSWORD_FILE, TIERVAULT_PASSWORD or --password-command")]
+    #[error("wrong password for the repository at {0}: check where the password comes from (the first one set wins): --password-command, TIERVAULT_PASSWORD_FILE, TIERVAULT_PASSWORD, the config file's password_command, its password_file, else the prompt")]
     WrongPassword(String),
     #[error("the repository needs a password: set TIERVAULT_PASSWORD_FILE, TIERVAULT_PASSWORD or --password-command, or run on a terminal to be asked")]
     NoPassword,
