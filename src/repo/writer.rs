@@ -289,6 +289,36 @@ pub fn write_index(repo: &Repository, packs: &[PackIndex]) -> Result<()> {
     Ok(())
 }
 
+/// Rewrites each index file that names one of `gone` without it: a new
+/// index file for the packs it keeps, then the old one deleted. Returns how
+/// many were rewritten. An index file that does not open is left alone.
+fn drop_from_index_files(repo: &Repository, gone: &HashSet<BlobId>) -> Result<usize> {
+    let mut n = 0;
+    for obj in repo.store().list("index/")? {
+        let Some(id) = obj.key.strip_prefix("index/").and_then(BlobId::from_hex) else {
+            continue;
+        };
+        let Ok(packs) = crate::tier::get_parsed(repo.store(), &obj.key, |b| {
+            indexfile::open(repo.keys(), &id, b).map_err(|e| e.to_string())
+        }) else {
+            continue;
+        };
+        if !packs.iter().any(|p| gone.contains(&p.pack)) {
+            continue;
+        }
+        let keep: Vec<PackIndex> = packs
+            .into_iter()
+            .filter(|p| !gone.contains(&p.pack))
+            .collect();
+        if !keep.is_empty() {
+            write_index(repo, &keep)?;
+        }
+        repo.store().delete(&obj.key)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Brings the local index in line with the tiers before a backup, so that
 /// deduplication never trusts data the tiers no longer hold:
 /// - if the index names a pack that no tier lists, it is rebuilt from the
@@ -313,16 +343,33 @@ pub fn adopt_unindexed_packs(repo: &Repository) -> Result<usize> {
         );
         repo.index().clear_blobs()?;
         repo.sync_index()?;
+        let missing = |repo: &Repository| -> Result<HashSet<BlobId>> {
+            Ok(repo
+                .index()
+                .packs()?
+                .into_iter()
+                .filter(|p| !listed.contains_key(p))
+                .collect())
+        };
+        let mut lost = missing(repo)?;
+        // With every tier online, a pack none lists is gone for good: the
+        // index files stop naming it, or another machine's new cache could
+        // look a blob up there rather than in the pack that holds it now.
+        let tiers = repo.tiers();
+        if !lost.is_empty() && tiers.online().len() == tiers.tiers().count() {
+            let n = drop_from_index_files(repo, &lost)?;
+            errln!(
+                "warning: {} pack(s) are missing from every tier; {n} index file(s) named them and were rewritten without them. Data only they held is stored again if this backup still finds it; `tiervault check` names what older revisions lost",
+                lost.len()
+            );
+            repo.index().clear_blobs()?;
+            repo.sync_index()?;
+            lost = missing(repo)?;
+        }
         // Index files may still name missing packs; never dedup against them.
-        let missing: HashSet<BlobId> = repo
-            .index()
-            .packs()?
-            .into_iter()
-            .filter(|p| !listed.contains_key(p))
-            .collect();
-        if !missing.is_empty() {
-            errln!("warning: {} pack(s) named by index files are missing from every tier; run `tiervault check`", missing.len());
-            repo.index().forget_packs(&missing)?;
+        if !lost.is_empty() {
+            errln!("warning: {} pack(s) named by index files are missing from every online tier; run `tiervault check`", lost.len());
+            repo.index().forget_packs(&lost)?;
         }
     }
     let mut packs = Vec::new();
