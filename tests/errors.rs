@@ -485,3 +485,65 @@ fn a_lost_pack_is_stored_again_and_the_index_files_forget_it() {
     let o = env.run(["check"]);
     assert!(!stderr(&o).contains(name), "{}", stderr(&o));
 }
+
+/// A directory whose listing (tree) is damaged on the only tier: restore
+/// names that directory, restores everything else, and exits with 1.
+#[test]
+fn a_damaged_directory_listing_fails_that_directory_alone() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    for d in ["a", "b", "b/deeper"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+    }
+    fs::write(src.join("top"), b"top").unwrap();
+    fs::write(src.join("a/one"), common::random_bytes(100 << 10, 1)).unwrap();
+    fs::write(src.join("b/two"), b"two").unwrap();
+    fs::write(src.join("b/deeper/three"), b"three").unwrap();
+    env.ok(["backup", src.to_str().unwrap()]);
+    let repo = tiervault::repo::Repository::open(
+        Box::new(tiervault::tier::local::LocalTier::new(&env.repo)),
+        &|| Ok(common::PASSWORD.as_bytes().to_vec()),
+        &env.path("lib-cache"),
+    )
+    .unwrap();
+    let mut tree = repo.revisions().unwrap()[0].1.tree;
+    for name in src
+        .strip_prefix("/")
+        .unwrap()
+        .components()
+        .chain(std::iter::once(std::path::Component::Normal("b".as_ref())))
+    {
+        let nodes = repo.load_tree(&tree).unwrap();
+        let want = name.as_os_str().as_encoded_bytes();
+        tree = nodes
+            .iter()
+            .find(|n| n.name == want)
+            .unwrap()
+            .subtree()
+            .unwrap();
+    }
+    common::damage_blob(&repo, &env.repo, &tree);
+    drop(repo);
+
+    let dst = env.path("dst");
+    let o = env
+        .cmd()
+        .env("TIERVAULT_CACHE_DIR", env.path("fresh-cache"))
+        .args(["restore", &format!("latest:{}", src.display()), "--target"])
+        .arg(&dst)
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("{}: its listing", dst.join("b").display())),
+        "{err}"
+    );
+    assert_eq!(fs::read(dst.join("top")).unwrap(), b"top");
+    assert_eq!(
+        fs::read(dst.join("a/one")).unwrap(),
+        fs::read(src.join("a/one")).unwrap()
+    );
+    assert!(!dst.join("b/two").exists());
+}

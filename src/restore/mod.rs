@@ -188,6 +188,31 @@ impl Walk<'_> {
         Ok(any)
     }
 
+    /// As `tree`, for a directory below the one restored: when its listing
+    /// cannot be read (no tier has a good copy), the directory is named as
+    /// not restored and the rest of the tree is restored all the same.
+    fn subtree(
+        &mut self,
+        tree: &BlobId,
+        rev_path: &[u8],
+        dir: &Path,
+        included: bool,
+    ) -> Result<bool> {
+        match self.tree(tree, rev_path, dir, included) {
+            Err(e) if lost_listing(&e) => {
+                self.fail(
+                    dir,
+                    &format_args!(
+                        "its listing (tree {}) cannot be read, so nothing in it was restored: {e}",
+                        tree.short()
+                    ),
+                );
+                Ok(included)
+            }
+            r => r,
+        }
+    }
+
     fn node(&mut self, node: Node, parent_rev: &[u8], dir: &Path, included: bool) -> Result<bool> {
         let rp = join(parent_rev, &node.name);
         let rp_os = Path::new(OsStr::from_bytes(&rp));
@@ -201,7 +226,7 @@ impl Walk<'_> {
                 ensure_dir(&path)?;
             }
             let sub = node.subtree().expect("dir has a subtree");
-            let any = self.tree(&sub, &rp, &path, inc)?;
+            let any = self.subtree(&sub, &rp, &path, inc)?;
             if inc || any {
                 self.dirs.push((path, node));
             }
@@ -256,6 +281,18 @@ impl Walk<'_> {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
         errln!("error: {}: {e}", path.display());
     }
+}
+
+/// Whether `e` means a directory listing is damaged or gone on every tier
+/// (rather than the tiers being unreachable, or the restore stopping).
+fn lost_listing(e: &RepoError) -> bool {
+    use crate::tier::TierError;
+    matches!(
+        e,
+        RepoError::Corrupt { .. }
+            | RepoError::BlobMissing(_)
+            | RepoError::Tier(TierError::Corrupt { .. } | TierError::NotFound { .. })
+    )
 }
 
 fn ensure_dir(p: &Path) -> Result<()> {
