@@ -3,7 +3,8 @@
 //! Writes go to `.tmp-*` in the target directory, are fsynced, renamed into
 //! place, and the directory is fsynced, so a crash or a full disk leaves
 //! either the old object or the whole new one. Listings skip `.tmp-*`
-//! leftovers of interrupted writes.
+//! leftovers of interrupted writes, and remove those a day old (no write
+//! takes that long: they are left by a killed process).
 
 use super::{ObjectInfo, Tier, TierError};
 use std::fs::{self, File};
@@ -149,6 +150,7 @@ impl Tier for LocalTier {
                 let ent = ent.map_err(|e| self.err(&key, e))?;
                 let name = ent.file_name().to_string_lossy().into_owned();
                 if name.starts_with(".tmp-") {
+                    remove_if_stale(&ent);
                     continue;
                 }
                 let child = if key.is_empty() {
@@ -191,6 +193,23 @@ impl Tier for LocalTier {
     }
 }
 
+/// How old a `.tmp-*` file must be to count as left by a killed process.
+const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Removes a `.tmp-*` file a day old or more (best effort: a read-only
+/// tier keeps it).
+fn remove_if_stale(ent: &fs::DirEntry) {
+    let old = ent
+        .metadata()
+        .ok()
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age >= STALE_TEMPORARY);
+    if old {
+        let _ = fs::remove_file(ent.path());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,6 +223,16 @@ mod tests {
         assert_eq!(t.get_range("data/ab/abc", 1, 3).unwrap(), b"ell");
         assert!(t.get_range("data/ab/abc", 3, 5).is_err());
         fs::write(d.path().join("data/ab/.tmp-1"), b"x").unwrap();
+        // A write cut off a day ago, by a killed process.
+        let stale = d.path().join("data/ab/.tmp-2");
+        fs::write(&stale, b"x").unwrap();
+        let day_ago = std::time::SystemTime::now() - STALE_TEMPORARY;
+        File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(day_ago)
+            .unwrap();
         assert_eq!(
             t.list("data/").unwrap(),
             vec![ObjectInfo {
@@ -211,6 +240,9 @@ mod tests {
                 size: 5
             }]
         );
+        // The fresh one may be a write in progress: it stays.
+        assert!(d.path().join("data/ab/.tmp-1").exists());
+        assert!(!stale.exists());
         assert!(t.get("nope").unwrap_err().is_not_found());
         t.delete("data/ab/abc").unwrap();
         assert_eq!(t.stat("data/ab/abc").unwrap(), None);
