@@ -36,20 +36,47 @@ macro_rules! errln {
 
 static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Behind `out!` and the others: writes `args`, ignoring a failure.
+/// The first failure to write stdout other than its reader going away (a
+/// full disk under `> out.json`): the command ends with an error for it.
+static STDOUT_ERROR: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Behind `out!` and the others: writes `args`. A failure is not the
+/// command's: stderr's is ignored, stdout's remembered (`stdout_closed`,
+/// `stdout_error`).
 #[doc(hidden)]
 pub fn write_out(to_stderr: bool, args: std::fmt::Arguments) {
     use std::io::Write;
     if to_stderr {
         let _ = std::io::stderr().lock().write_fmt(args);
-    } else if std::io::stdout().lock().write_fmt(args).is_err() {
-        STDOUT_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
+    } else if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        stdout_failed(e);
     }
 }
 
-/// Whether writing to stdout failed (its reader went away).
+fn stdout_failed(e: std::io::Error) {
+    STDOUT_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
+    if e.kind() != std::io::ErrorKind::BrokenPipe {
+        STDOUT_ERROR
+            .lock()
+            .expect("stdout error")
+            .get_or_insert(e.to_string());
+    }
+}
+
+/// Whether writing to stdout failed: its reader went away, or it cannot
+/// take more.
 pub fn stdout_closed() -> bool {
     STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Flushes stdout; the first failure to write it that was not a closed
+/// pipe, if any.
+pub fn stdout_error() -> Option<String> {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().flush() {
+        stdout_failed(e);
+    }
+    STDOUT_ERROR.lock().expect("stdout error").clone()
 }
 
 pub mod backup;

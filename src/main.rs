@@ -49,13 +49,19 @@ fn main() {
             std::thread::park();
         }
     }
-    let code = match result {
+    let mut code = match result {
         Ok(c) => c,
         Err(e) => {
             errln!("tiervault: error: {e:#}");
             exit_code(&e)
         }
     };
+    if let Some(e) = tiervault::stdout_error() {
+        errln!("tiervault: error: cannot write the output: {e}");
+        if code == 0 {
+            code = 1;
+        }
+    }
     tiervault::tier::remote::shutdown();
     std::process::exit(code);
 }

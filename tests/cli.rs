@@ -165,6 +165,10 @@ fn a_closed_stdout_does_not_fail_a_command() {
         let (code, err) = sh(&cmd);
         assert_eq!(code, Some(0), "{cmd}: {err}");
     }
+    // A stdout that cannot take the output is the command's failure.
+    let (code, err) = sh("--json revisions >/dev/full");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot write the output"), "{err}");
     let o = Command::new(env!("CARGO_BIN_EXE_tiervault"))
         .arg("-r")
         .arg(&repo)

@@ -363,7 +363,7 @@ fn damaged_metadata_on_one_tier_is_read_from_the_other() {
     let revision = first_file(&a.join("revisions"));
     flip_middle(&index);
     flip_middle(&revision);
-    // Tier A alone cannot be opened: the password looks wrong.
+    // Tier A alone cannot be opened: its config is not a repository's.
     let alone = tv(&[&a], &env.path("alone"))
         .arg("revisions")
         .output()
@@ -405,4 +405,34 @@ fn damaged_metadata_on_one_tier_is_read_from_the_other() {
     ok(tv(&[&a_first, &b], &cache).args(["check", "--read-data", "--repair"]));
     ok(tv(&[&a_first, &b], &cache).arg("check"));
     ok(tv(&[&a], &env.path("alone-again")).arg("revisions"));
+}
+
+/// The clear `config` altered on the tier read first, so that it claims no
+/// encryption: it disagrees with the key file, and the other tier's copy is
+/// used. `check` calls the two copies a conflict, and `--repair` leaves
+/// both alone: which one is right is for a person to say.
+#[test]
+fn a_config_altered_on_one_tier_is_passed_over_and_never_repaired() {
+    let env = Env::new();
+    let (a, b, cache) = two_tiers(&env);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    random_file(&src.join("f"), 64 << 10);
+    ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&fs::read(a.join("config")).unwrap()).unwrap();
+    cfg["encryption"] = "none".into();
+    let altered = serde_json::to_vec_pretty(&cfg).unwrap();
+    fs::write(a.join("config"), &altered).unwrap();
+    let a_first = std::path::PathBuf::from(format!("file://{}?priority=1", a.display()));
+    let o = ok(tv(&[&a_first, &b], &env.path("fresh")).args(["--json", "revisions"]));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("disagrees with the key file"));
+    let o = tv(&[&a_first, &b], &cache)
+        .args(["check", "--read-data", "--repair"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("differs from the copy in use"), "{err}");
+    assert_eq!(fs::read(a.join("config")).unwrap(), altered);
 }

@@ -10,7 +10,7 @@
 use crate::format::revision::Revision;
 use crate::format::tree::{Body, Segment};
 use crate::format::{indexfile, names, pack, BlobEntry, BlobId};
-use crate::repo::Repository;
+use crate::repo::{parse_config, parse_key_file, Repository};
 use crate::tier::{get_parsed, Tier};
 use std::collections::{HashMap, HashSet};
 
@@ -107,12 +107,13 @@ pub fn run(repo: &Repository, read_data: bool, repair: bool) -> crate::repo::Res
 
 /// With several tiers, each online tier's own copies: the objects above
 /// were read from whichever tier was fastest, so a damaged copy on another
-/// tier would go unseen. Each tier's `config`, the key file that opened
-/// the repository, index files and revisions are read and verified, and a
-/// bad copy is named with its tier (replaced from a verified copy with
-/// `repair`). Without `read_data` (which reads every pack on every tier),
-/// each tier's listing of `data/` is also compared with the packs the
-/// index files name.
+/// tier would go unseen. Each tier's `config`, key files, index files and
+/// revisions are read and verified, and a bad copy is named with its tier
+/// (replaced from a verified copy with `repair`). A `config` that opens
+/// but differs from the one in use is a conflict, never repaired: which
+/// one is right is for a person to say. Without `read_data` (which reads
+/// every pack on every tier), each tier's listing of `data/` is also
+/// compared with the packs the index files name.
 fn check_copies(
     repo: &Repository,
     indexed: &HashMap<BlobId, u64>,
@@ -125,55 +126,56 @@ fn check_copies(
         // One tier: the checks above read its only copies.
         return;
     }
-    let same_json = |a: serde_json::Result<serde_json::Value>, b: serde_json::Value| {
-        a.map_err(|e| e.to_string()).and_then(|a| {
-            (a == b)
-                .then_some(())
-                .ok_or("differs from the copy in use".to_string())
-        })
-    };
-    let config = serde_json::to_value(repo.config()).expect("config serializes");
-    let (key_name, key_file) = repo.key_file();
-    let key_file = serde_json::to_value(key_file).expect("key file serializes");
-    let verify = |key: &str, b: &[u8]| -> Result<(), String> {
+    let in_use = serde_json::to_value(repo.config()).ok();
+    let verify = |key: &str, b: &[u8]| -> Result<(), Copy> {
+        let damaged = |e: String| Copy::Damaged(e);
         if key == names::CONFIG {
-            same_json(serde_json::from_slice(b), config.clone())
-        } else if key == key_name {
-            same_json(serde_json::from_slice(b), key_file.clone())
+            let c = parse_config(b).map_err(damaged)?;
+            if serde_json::to_value(&c).ok() != in_use {
+                return Err(Copy::Conflict);
+            }
+            Ok(())
+        } else if key.starts_with("keys/") {
+            parse_key_file(key, b).map(drop).map_err(damaged)
         } else if let Some(id) = key.strip_prefix("index/").and_then(BlobId::from_hex) {
             indexfile::open(repo.keys(), &id, b)
                 .map(drop)
-                .map_err(|e| e.to_string())
+                .map_err(|e| damaged(e.to_string()))
         } else if let Some(id) = key.strip_prefix("revisions/").and_then(BlobId::from_hex) {
             Revision::open(repo.keys(), &id, b)
                 .map(drop)
-                .map_err(|e| e.to_string())
+                .map_err(|e| damaged(e.to_string()))
         } else {
             Ok(())
         }
     };
-    let mut held: Vec<HashSet<String>> = Vec::new();
-    let mut all: std::collections::BTreeSet<String> =
-        [names::CONFIG.to_string(), key_name.clone()].into();
+    // Each tier's objects; None for a tier whose listing failed (said).
+    let mut held: Vec<Option<HashSet<String>>> = Vec::new();
+    let mut all: std::collections::BTreeSet<String> = [names::CONFIG.to_string()].into();
     for t in &tiers {
-        let mut mine: HashSet<String> = [names::CONFIG.to_string(), key_name.clone()].into();
-        for prefix in ["index/", "revisions/"] {
+        let mut mine: HashSet<String> = [names::CONFIG.to_string()].into();
+        let mut listed = true;
+        for prefix in ["keys/", "index/", "revisions/"] {
             match t.list(prefix) {
                 Ok(objs) => mine.extend(objs.into_iter().map(|o| o.key)),
-                Err(e) => r
-                    .errors
-                    .push(format!("listing {prefix} on tier {}: {e}", t.name())),
+                Err(e) => {
+                    r.errors
+                        .push(format!("listing {prefix} on tier {}: {e}", t.name()));
+                    listed = false;
+                }
             }
         }
         all.extend(mine.iter().cloned());
-        held.push(mine);
+        held.push(listed.then_some(mine));
     }
     for key in &all {
         let mut good = None;
         let mut bad = Vec::new();
         for (t, mine) in tiers.iter().zip(&held) {
+            let Some(mine) = mine else { continue };
+            let on = t.name();
             if !mine.contains(key) {
-                bad.push((*t, format!("{key} is missing on tier {}", t.name()), true));
+                bad.push((*t, format!("{key} is missing on tier {on}"), Copy::Missing));
                 continue;
             }
             match t.get(key) {
@@ -181,12 +183,15 @@ fn check_copies(
                     Ok(()) => {
                         good.get_or_insert(b);
                     }
-                    Err(e) => bad.push((*t, format!("{key} on tier {}: {e}", t.name()), false)),
+                    Err(Copy::Damaged(e)) => {
+                        bad.push((*t, format!("{key} on tier {on}: {e}"), Copy::Damaged(e)))
+                    }
+                    Err(c) => bad.push((*t, format!("{key} on tier {on} differs from the copy in use; compare the copies and copy the right one over the other by hand"), c)),
                 },
                 Err(e) if e.is_not_found() => {
-                    bad.push((*t, format!("{key} is missing on tier {}", t.name()), true))
+                    bad.push((*t, format!("{key} is missing on tier {on}"), Copy::Missing))
                 }
-                Err(e) => r.errors.push(format!("{key} on tier {}: {e}", t.name())),
+                Err(e) => r.errors.push(format!("{key} on tier {on}: {e}")),
             }
         }
         settle(
@@ -220,31 +225,40 @@ fn check_copies(
     }
 }
 
-/// What to do with the bad copies of `key`, `(tier, message, missing)`,
+/// What is wrong with one tier's copy of an object.
+enum Copy {
+    Missing,
+    Damaged(String),
+    /// Opens, but differs from the copy in use.
+    Conflict,
+}
+
+/// What to do with the bad copies of `key`, `(tier, message, what)`,
 /// given a verified copy `good`: replace each with `repair`, else say how.
 /// A missing copy is a note (a tier that is behind lacks objects until
-/// `sync`); a damaged one is an error.
+/// `sync`); a damaged one is an error; a conflict is an error that no
+/// repair touches.
 fn settle(
     key: &str,
     good: Option<&[u8]>,
-    bad: Vec<(&dyn Tier, String, bool)>,
+    bad: Vec<(&dyn Tier, String, Copy)>,
     repair: bool,
     errs: &mut Vec<String>,
     notes: &mut Vec<String>,
 ) {
-    for (t, msg, missing) in bad {
-        match good {
-            Some(bytes) if repair => match t.put(key, bytes) {
+    for (t, msg, what) in bad {
+        match (good, what) {
+            (_, Copy::Conflict) | (None, _) => errs.push(msg),
+            (Some(bytes), _) if repair => match t.put(key, bytes) {
                 Ok(()) => notes.push(format!("{msg}: repaired from a verified copy")),
                 Err(e) => errs.push(format!("{msg}, and repairing it failed: {e}")),
             },
-            Some(_) if missing => notes.push(format!(
+            (Some(_), Copy::Missing) => notes.push(format!(
                 "{msg}; `tiervault sync` or `check --read-data --repair` copies it"
             )),
-            Some(_) => errs.push(format!(
+            (Some(_), _) => errs.push(format!(
                 "{msg}; `check --read-data --repair` replaces it with a verified copy"
             )),
-            None => errs.push(msg),
         }
     }
 }
@@ -399,10 +413,10 @@ fn read_pack(
             Ok(_) => bad.push((
                 *t,
                 format!("{key}{on}: content does not match its name (the pack is damaged)"),
-                false,
+                Copy::Damaged(String::new()),
             )),
             Err(e) if e.is_not_found() && many => {
-                bad.push((*t, format!("{key} is missing{on}"), true))
+                bad.push((*t, format!("{key} is missing{on}"), Copy::Missing))
             }
             Err(e) => errs.push(format!("{key}{on}: {e}")),
         }

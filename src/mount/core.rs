@@ -1215,7 +1215,7 @@ impl FsCore {
         match &self.inode(ino)?.what {
             What::Root => {
                 // `latest` names nothing before the first revision.
-                let none = self.revisions()?.is_empty();
+                let none = self.revisions().is_ok_and(|r| r.is_empty());
                 Ok(TOP
                     .iter()
                     .filter(|(ino, ..)| !(none && *ino == LATEST))

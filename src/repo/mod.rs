@@ -227,6 +227,55 @@ fn unlock(
     Err(last_err.unwrap_or_else(|| RepoError::WrongPassword(loc.to_string())))
 }
 
+/// A copy of `config` that is a repository's: JSON with a known encryption
+/// and a 64-hex id. (Its version is checked by the caller, which says
+/// when it is too new.)
+pub fn parse_config(b: &[u8]) -> std::result::Result<RepoConfig, String> {
+    let c: RepoConfig =
+        serde_json::from_slice(b).map_err(|e| format!("not a repository's config ({e})"))?;
+    if !matches!(c.encryption.as_str(), "none" | "xchacha20poly1305") {
+        return Err(format!("unknown encryption {:?}", c.encryption));
+    }
+    if c.id.len() != 64 || !c.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("the repository id is not 64 hex digits".into());
+    }
+    Ok(c)
+}
+
+/// A copy of the key file `name` (`keys/<hex>`): its bytes hash to its
+/// name (FORMAT.md), so a damaged copy shows without the password.
+pub fn parse_key_file(name: &str, b: &[u8]) -> std::result::Result<KeyFile, String> {
+    if name.strip_prefix("keys/") != Some(BlobId::of_stored(b).to_hex().as_str()) {
+        return Err("content does not match its name".into());
+    }
+    serde_json::from_slice::<KeyFile>(b).map_err(|e| format!("not a key file ({e})"))
+}
+
+/// The copies of `config` that the tiers of `store` hold and that differ
+/// from `read` (which came from the fastest tier that had one).
+fn config_copies_elsewhere(store: &dyn Tier, read: &RepoConfig) -> Vec<RepoConfig> {
+    let Some(set) = store.as_set() else {
+        return Vec::new();
+    };
+    let mut out: Vec<RepoConfig> = Vec::new();
+    for t in set.online() {
+        let Ok(c) = t
+            .get(names::CONFIG)
+            .map_err(drop)
+            .and_then(|b| parse_config(&b).map_err(drop))
+        else {
+            continue;
+        };
+        let v = serde_json::to_value(&c).ok();
+        if v != serde_json::to_value(read).ok()
+            && !out.iter().any(|o| serde_json::to_value(o).ok() == v)
+        {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The copies of key files that the tiers of `store` hold besides those
 /// in `read` (which came from the fastest tier that had each): a copy that
 /// differs from the one read may be the good one.
@@ -239,7 +288,7 @@ fn key_copies_elsewhere(store: &dyn Tier, read: &[(String, KeyFile)]) -> Vec<(St
     for t in set.online() {
         for obj in t.list("keys/").unwrap_or_default() {
             let Ok(b) = t.get(&obj.key) else { continue };
-            let Ok(kf) = serde_json::from_slice::<KeyFile>(&b) else {
+            let Ok(kf) = parse_key_file(&obj.key, &b) else {
                 continue;
             };
             if !read
@@ -348,9 +397,7 @@ impl Repository {
         // A `config` that is not ours on every tier means this is not a
         // repository (a directory that happens to hold such a file), not a
         // damaged one; a tier whose copy is not ours is passed over.
-        let config: RepoConfig = match get_parsed(store.as_ref(), names::CONFIG, |b| {
-            serde_json::from_slice(b).map_err(|e| format!("not a repository's config ({e})"))
-        }) {
+        let config: RepoConfig = match get_parsed(store.as_ref(), names::CONFIG, parse_config) {
             Ok(c) => c,
             Err(e) if e.is_not_found() || matches!(e, TierError::Corrupt { .. }) => {
                 return Err(RepoError::NotARepository(loc))
@@ -369,9 +416,7 @@ impl Repository {
         let mut key_files = Vec::new();
         let mut bad_keys = Vec::new();
         for obj in store.list("keys/")? {
-            match get_parsed(store.as_ref(), &obj.key, |b| {
-                serde_json::from_slice::<KeyFile>(b).map_err(|e| format!("not a key file ({e})"))
-            }) {
+            match get_parsed(store.as_ref(), &obj.key, |b| parse_key_file(&obj.key, b)) {
                 Ok(kf) => key_files.push((obj.key, kf)),
                 Err(TierError::Corrupt { .. }) => bad_keys.push(obj.key),
                 Err(e) => return Err(e.into()),
@@ -405,14 +450,29 @@ impl Repository {
         });
         // A key file damaged on one tier may look like a wrong password
         // (only the password shows it): then every tier's copy is tried.
+        // A `config` altered on the fastest tier (its encryption flipped)
+        // disagrees with the key file: another tier's copy may not.
+        let mut config = config;
         let keys = keys.or_else(|e| match e {
-            RepoError::WrongPassword(_) | RepoError::Corrupt { .. } | RepoError::Unopenable { .. } => {
+            RepoError::Unopenable { what: "the config", .. } => {
+                for other in config_copies_elsewhere(store.as_ref(), &config) {
+                    if let Ok(k) = unlock(&key_files, pw.as_deref(), &other, &loc) {
+                        errln!("warning: a tier's copy of config disagrees with the key file, passed over for another tier's copy; run `tiervault check` (with the same tiers) to see which");
+                        config = other;
+                        return Ok(k);
+                    }
+                }
+                Err(e)
+            }
+            // A key file damaged where its name does not show it (a copy
+            // written under the wrong name by hand): every tier's copy.
+            RepoError::WrongPassword(_) | RepoError::Unopenable { .. } => {
                 let more = key_copies_elsewhere(store.as_ref(), &key_files);
                 if more.is_empty() {
                     return Err(e);
                 }
                 let k = unlock(&more, pw.as_deref(), &config, &loc).map_err(|_| e)?;
-                errln!("warning: a tier holds a damaged copy of a key file, passed over for another tier's copy; run `tiervault check --repair` (with the same tiers) to replace it");
+                errln!("warning: a tier holds a damaged copy of a key file, passed over for another tier's copy; run `tiervault check --read-data --repair` (with the same tiers) to replace it");
                 Ok(k)
             }
             e => Err(e),
@@ -526,7 +586,16 @@ impl Repository {
                 Ok(p) => p,
                 Err(TierError::Corrupt { .. }) => {
                     // Packs carry their own headers: a damaged index file
-                    // costs speed, not data. `check` reports it.
+                    // costs speed, not data. `check` reports it. With a
+                    // tier offline, its copy is tried at the next sync.
+                    let tiers = self.tiers();
+                    if tiers.online().len() < tiers.tiers().count() {
+                        errln!(
+                            "warning: {} is damaged on the tiers that answered; skipped until another tier is back",
+                            obj.key
+                        );
+                        continue;
+                    }
                     self.skipped.lock().expect("skipped").insert(id);
                     errln!(
                         "warning: {} is damaged on every tier that holds it and was skipped; run `tiervault check`",

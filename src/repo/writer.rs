@@ -352,11 +352,28 @@ pub fn adopt_unindexed_packs(repo: &Repository) -> Result<usize> {
                 .collect())
         };
         let mut lost = missing(repo)?;
-        // With every tier online, a pack none lists is gone for good: the
-        // index files stop naming it, or another machine's new cache could
-        // look a blob up there rather than in the pack that holds it now.
+        // With every tier online and synchronised, and each one's own
+        // listing lacking it, a pack is gone for good: the index files stop
+        // naming it, or another machine's new cache could look a blob up
+        // there rather than in the pack that holds it now. (A tier that is
+        // behind, or one a delete misses, could have the old index file
+        // copied back by `sync`.)
         let tiers = repo.tiers();
-        if !lost.is_empty() && tiers.online().len() == tiers.tiers().count() {
+        let gone_everywhere = |lost: &HashSet<BlobId>| {
+            tiers.all_in_step()
+                && tiers.tiers().all(|t| {
+                    t.list("data/").is_ok_and(|objs| {
+                        !objs.iter().any(|o| {
+                            o.key
+                                .rsplit('/')
+                                .next()
+                                .and_then(BlobId::from_hex)
+                                .is_some_and(|p| lost.contains(&p))
+                        })
+                    })
+                })
+        };
+        if !lost.is_empty() && gone_everywhere(&lost) {
             let n = drop_from_index_files(repo, &lost)?;
             errln!(
                 "warning: {} pack(s) are missing from every tier; {n} index file(s) named them and were rewritten without them. Data only they held is stored again if this backup still finds it; `tiervault check` names what older revisions lost",

@@ -179,6 +179,12 @@ impl TierSet {
     }
 
     /// Online and synchronised: a tier that writes go to.
+    /// Whether every tier is online and synchronised, so that a write
+    /// (or a delete) reaches them all.
+    pub fn all_in_step(&self) -> bool {
+        (0..self.members.len()).all(|i| self.writable(i))
+    }
+
     fn writable(&self, i: usize) -> bool {
         let s = self.state(i);
         s.online && s.synced
@@ -693,27 +699,45 @@ impl TierSet {
             writer: me,
             host: local.host(),
         };
-        let mut failed = Vec::new();
-        let mut took = false;
-        for i in 0..self.members.len() {
-            if !self.writable(i) {
+        loop {
+            let mut failed = Vec::new();
+            let mut took = false;
+            for i in 0..self.members.len() {
+                if !self.writable(i) {
+                    continue;
+                }
+                match self.write_state(i, &new) {
+                    Ok(()) => {
+                        took = true;
+                        self.state(i).revision = Some(next);
+                        local.set_last_revision(self.members[i].tier.name(), next);
+                    }
+                    Err(e) => failed.push((i, e)),
+                }
+            }
+            if took || failed.is_empty() {
+                for (i, e) in failed {
+                    self.fell_behind(i, &e);
+                }
+                return Ok(());
+            }
+            if failed.iter().all(|(_, e)| e.is_offline()) && !super::stopping() {
+                // Every tier went away meanwhile: wait for one, as any
+                // write does, then record the revision there.
+                for (i, e) in &failed {
+                    self.mark_offline(*i, e);
+                }
+                if let Err(e) = self.write_targets() {
+                    local.close_session();
+                    return Err(e.into());
+                }
                 continue;
             }
-            match self.write_state(i, &new) {
-                Ok(()) => {
-                    took = true;
-                    self.state(i).revision = Some(next);
-                    local.set_last_revision(self.members[i].tier.name(), next);
-                }
-                Err(e) => failed.push((i, e)),
-            }
-        }
-        if !took && !failed.is_empty() {
-            // Nothing was written: the session ends here, and no tier is
-            // put behind for it.
+            // No tier took the revision, so this session wrote nothing: it
+            // ends here, and no tier is put behind for it.
             local.close_session();
             return Err(TierError::AllFailed {
-                key: "tierstate (the revision, written before anything else; nothing was written)"
+                key: "tierstate (the tiers' revision, which a write records before its data)"
                     .into(),
                 errors: failed
                     .iter()
@@ -723,10 +747,6 @@ impl TierSet {
             }
             .into());
         }
-        for (i, e) in failed {
-            self.fell_behind(i, &e);
-        }
-        Ok(())
     }
 
     /// Makes every online, synchronised tier hold `key`, copying it from a
