@@ -316,3 +316,73 @@ fn a_pack_missing_from_the_tier_is_reported_once_and_never_deduplicated_against(
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// Where the revision has a directory and the target a symlink (or file)
+/// of that name, restore refuses to follow it and says what is in the way.
+#[test]
+fn a_symlink_in_the_way_of_a_directory_is_named() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/f"), "x").unwrap();
+    env.ok(["backup", src.to_str().unwrap()]);
+    let dst = env.path("dst");
+    fs::create_dir_all(&dst).unwrap();
+    std::os::unix::fs::symlink("/tmp", dst.join("d")).unwrap();
+    let o = env.run([
+        "restore",
+        &format!("latest:{}", src.display()),
+        "--target",
+        dst.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("a symlink of that name is in the way"),
+        "{err}"
+    );
+}
+
+/// Two revisions saved in the same second are named `<time>-<id>`; the
+/// bare time then lists the names to choose from.
+#[test]
+fn a_time_shared_by_two_revisions_lists_their_names() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    // Backups of a tiny tree take milliseconds; a few tries give two in
+    // the same second.
+    let mut shared = None;
+    for i in 0..10 {
+        fs::write(src.join("f"), i.to_string()).unwrap();
+        env.ok(["backup", src.to_str().unwrap()]);
+        let revs = common::json(&env.ok(["--json", "revisions"]));
+        let names: Vec<String> = revs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_string())
+            .collect();
+        if let Some(n) = names.iter().find(|n| n.contains('-') && n.len() > 20) {
+            shared = Some((n.rsplit_once('-').unwrap().0.to_string(), names.clone()));
+            break;
+        }
+    }
+    let Some((time, names)) = shared else {
+        panic!("no two of 10 backups shared a second");
+    };
+    let o = env.run(["ls", &time]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("several revisions were saved at"), "{err}");
+    let same: Vec<&String> = names
+        .iter()
+        .filter(|n| n.starts_with(&format!("{time}-")))
+        .collect();
+    assert!(
+        same.len() >= 2 && same.iter().all(|n| err.contains(n.as_str())),
+        "{err}"
+    );
+}

@@ -892,6 +892,20 @@ impl Repository {
         if let Some(i) = names.iter().position(|n| n == spec) {
             return Ok(revs[i].clone());
         }
+        // Revisions saved in the same second are named `<time>-<id>`.
+        let same: Vec<&String> = names
+            .iter()
+            .filter(|n| n.strip_prefix(spec).is_some_and(|r| r.starts_with('-')))
+            .collect();
+        if same.len() > 1 {
+            return Err(RepoError::Config(format!(
+                "several revisions were saved at {spec}: name one of {}",
+                same.iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
         let spec_l = spec.to_ascii_lowercase();
         let mut hits = revs
             .into_iter()

@@ -308,6 +308,16 @@ fn ensure_dir(p: &Path) -> Result<()> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(p)
             .map_err(|e| RepoError::Config(format!("cannot create {}: {e}", p.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let what = match std::fs::symlink_metadata(p) {
+                Ok(m) if m.file_type().is_symlink() => "a symlink",
+                _ => "a file",
+            };
+            Err(RepoError::Config(format!(
+                "cannot create directory {}: {what} of that name is in the way (restore never follows or replaces it); move it aside and run the restore again",
+                p.display()
+            )))
+        }
         Err(e) => Err(RepoError::Config(format!(
             "cannot create directory {}: {e}",
             p.display()
