@@ -157,7 +157,7 @@ fn a_closed_stdout_does_not_fail_a_command() {
     let src_s = src.to_str().unwrap();
     for cmd in [
         format!("backup {src_s} | true"),
-        format!("ls latest | head -n 1"),
+        "ls latest | head -n 1".into(),
         "--json revisions | true".into(),
         "check | true".into(),
         "tiers | head -n 1".into(),

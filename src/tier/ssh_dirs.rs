@@ -240,7 +240,7 @@ fn abandoned(dir: &Path) -> bool {
     let pid = dir
         .file_name()
         .and_then(|n| n.to_str()?.parse::<i32>().ok());
-    if !pid.is_some_and(|pid| !alive(pid)) {
+    if pid.is_none_or(alive) {
         return false;
     }
     if dir.join(".lock").exists() {
