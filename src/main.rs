@@ -11,7 +11,7 @@ use tiervault::repo::RepoError;
 
 fn exit_code(e: &anyhow::Error) -> i32 {
     match e.downcast_ref::<RepoError>() {
-        Some(RepoError::NotARepository(_)) => 10,
+        Some(RepoError::NotARepository(_) | RepoError::HalfInitialised(_)) => 10,
         Some(RepoError::WrongPassword(_)) => 12,
         Some(RepoError::Writer(tiervault::tier::set::WriteError::AnotherInstallation {
             ..

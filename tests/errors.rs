@@ -547,3 +547,48 @@ fn a_damaged_directory_listing_fails_that_directory_alone() {
     );
     assert!(!dst.join("b/two").exists());
 }
+
+/// A location where `init` was cut off after the key file but before the
+/// config: commands say so (exit 10) instead of suggesting an `init` that
+/// would be refused.
+#[test]
+fn a_half_initialised_location_says_what_happened() {
+    let env = Env::new();
+    env.init();
+    fs::remove_file(env.repo.join("config")).unwrap();
+    let o = env.run(["revisions"]);
+    assert_clean_error(&o, 10, "an `init` there was cut off");
+}
+
+/// Two hard links to a file whose data is damaged on the only tier: the
+/// file fails with its error, and the link says why it is missing.
+#[test]
+fn a_hard_link_to_a_file_that_failed_says_why() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), common::random_bytes(200 << 10, 5)).unwrap();
+    fs::hard_link(src.join("a"), src.join("b")).unwrap();
+    env.ok(["backup", src.to_str().unwrap()]);
+    let repo = tiervault::repo::Repository::open(
+        Box::new(tiervault::tier::local::LocalTier::new(&env.repo)),
+        &|| Ok(common::PASSWORD.as_bytes().to_vec()),
+        &env.path("lib-cache"),
+    )
+    .unwrap();
+    let chunk = common::chunk_of(&repo, &src.join("a"));
+    common::damage_blob(&repo, &env.repo, &chunk);
+    drop(repo);
+    let dst = env.path("dst");
+    let o = env.run([
+        "restore",
+        &format!("latest:{}", src.display()),
+        "--target",
+        dst.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("as the file it is a hard link of"), "{err}");
+    assert!(!err.contains("No such file"), "{err}");
+}

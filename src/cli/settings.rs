@@ -169,6 +169,12 @@ impl Settings {
             let loc = missing
                 .first()
                 .map_or_else(|| self.tiers[0].location.clone(), |t| t.name().to_string());
+            let half = missing
+                .first()
+                .is_some_and(|t| t.list("keys/").is_ok_and(|k| !k.is_empty()));
+            if half {
+                return Err(RepoError::HalfInitialised(loc).into());
+            }
             return Err(RepoError::NotARepository(loc).into());
         }
         for t in &missing {

@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 pub enum RepoError {
     #[error("there is no tiervault repository at {0}: create one with `tiervault -r {0} init`, or check the location")]
     NotARepository(String),
+    #[error("{0} holds key files but no config: an `init` there was cut off before it finished. If nothing else is stored there, empty that location and run `tiervault -r {0} init` again")]
+    HalfInitialised(String),
     #[error("a tiervault repository already exists at {0}")]
     AlreadyExists(String),
     #[error("wrong password for the repository at {0}: check where the password comes from (the first one set wins): --password-command, TIERVAULT_PASSWORD_FILE, TIERVAULT_PASSWORD, the config file's password_command, its password_file, else the prompt")]

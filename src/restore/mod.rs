@@ -138,6 +138,16 @@ pub fn run(
     summary.dirs = dirs.len() as u64;
     for (first, path) in links {
         let _ = std::fs::remove_file(&path);
+        if std::fs::symlink_metadata(&first).is_err() {
+            // Its error was said when it failed.
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            errln!(
+                "error: {}: not restored, as the file it is a hard link of, {}, was not",
+                path.display(),
+                first.display()
+            );
+            continue;
+        }
         match std::fs::hard_link(&first, &path) {
             Ok(()) => summary.files += 1,
             Err(e) => {
