@@ -501,12 +501,7 @@ fn a_damaged_directory_listing_fails_that_directory_alone() {
     fs::write(src.join("b/two"), b"two").unwrap();
     fs::write(src.join("b/deeper/three"), b"three").unwrap();
     env.ok(["backup", src.to_str().unwrap()]);
-    let repo = tiervault::repo::Repository::open(
-        Box::new(tiervault::tier::local::LocalTier::new(&env.repo)),
-        &|| Ok(common::PASSWORD.as_bytes().to_vec()),
-        &env.path("lib-cache"),
-    )
-    .unwrap();
+    let repo = env.library();
     let mut tree = repo.revisions().unwrap()[0].1.tree;
     for name in src
         .strip_prefix("/")
@@ -571,12 +566,7 @@ fn a_hard_link_to_a_file_that_failed_says_why() {
     fs::write(src.join("a"), common::random_bytes(200 << 10, 5)).unwrap();
     fs::hard_link(src.join("a"), src.join("b")).unwrap();
     env.ok(["backup", src.to_str().unwrap()]);
-    let repo = tiervault::repo::Repository::open(
-        Box::new(tiervault::tier::local::LocalTier::new(&env.repo)),
-        &|| Ok(common::PASSWORD.as_bytes().to_vec()),
-        &env.path("lib-cache"),
-    )
-    .unwrap();
+    let repo = env.library();
     let chunk = common::chunk_of(&repo, &src.join("a"));
     common::damage_blob(&repo, &env.repo, &chunk);
     drop(repo);

@@ -95,6 +95,17 @@ impl Env {
         src
     }
 
+    /// The repository opened through the library, with a cache of its own
+    /// (to look up where a blob lies, say).
+    pub fn library(&self) -> Repository {
+        Repository::open(
+            Box::new(tiervault::tier::local::LocalTier::new(&self.repo)),
+            &|| Ok(PASSWORD.as_bytes().to_vec()),
+            &self.path("lib-cache"),
+        )
+        .unwrap()
+    }
+
     /// Creates the repository with cheap key derivation (tests only).
     pub fn init(&self) {
         self.ok(["init", "--kdf-memory", "1024", "--kdf-iterations", "1"]);
