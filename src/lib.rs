@@ -91,6 +91,24 @@ pub mod restore;
 pub mod tier;
 pub mod timefmt;
 
+/// Waits up to `limit` for `child` to end: its status, or None if it is
+/// still running (or cannot be waited for).
+pub fn wait_bounded(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            _ => return None,
+        }
+    }
+}
+
 /// `1.5 GiB`-style sizes for messages.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

@@ -334,8 +334,8 @@ fn first_file(dir: &Path) -> std::path::PathBuf {
 }
 
 /// Damaged copies of the small objects on the tier read first: its key
-/// file (the wrapped key altered, which only the password reveals, so it
-/// looks like a wrong password), its `config`, an index file and a
+/// file (the wrapped key altered, still valid JSON: its bytes no longer
+/// hash to its name), its `config`, an index file and a
 /// revision. Machines with no cache open the repository, list it and
 /// restore it from the other tier's copies, every time; `check` names
 /// each bad copy with its tier, `check --read-data --repair` replaces

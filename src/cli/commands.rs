@@ -325,16 +325,9 @@ fn detach(s: &Settings, a: &MountArgs) -> anyhow::Result<i32> {
     }
     // It ended without mounting: its exit code is ours (12 for a wrong
     // password, 10 for no repository), with its last message.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let code = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st.code().unwrap_or(1),
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            _ => break 1,
-        }
-    };
+    let code = tiervault::wait_bounded(&mut child, std::time::Duration::from_secs(5))
+        .and_then(|st| st.code())
+        .unwrap_or(1);
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     errln!(
         "tiervault: error: the mount did not start: {}",

@@ -126,25 +126,23 @@ fn check_copies(
         // One tier: the checks above read its only copies.
         return;
     }
-    let in_use = serde_json::to_value(repo.config()).ok();
-    let verify = |key: &str, b: &[u8]| -> Result<(), Copy> {
-        let damaged = |e: String| Copy::Damaged(e);
+    // Err(None): opens, but differs from the copy in use.
+    let verify = |key: &str, b: &[u8]| -> Result<(), Option<String>> {
         if key == names::CONFIG {
-            let c = parse_config(b).map_err(damaged)?;
-            if serde_json::to_value(&c).ok() != in_use {
-                return Err(Copy::Conflict);
+            if parse_config(b).map_err(Some)? != *repo.config() {
+                return Err(None);
             }
             Ok(())
         } else if key.starts_with("keys/") {
-            parse_key_file(key, b).map(drop).map_err(damaged)
+            parse_key_file(key, b).map(drop).map_err(Some)
         } else if let Some(id) = key.strip_prefix("index/").and_then(BlobId::from_hex) {
             indexfile::open(repo.keys(), &id, b)
                 .map(drop)
-                .map_err(|e| damaged(e.to_string()))
+                .map_err(|e| Some(e.to_string()))
         } else if let Some(id) = key.strip_prefix("revisions/").and_then(BlobId::from_hex) {
             Revision::open(repo.keys(), &id, b)
                 .map(drop)
-                .map_err(|e| damaged(e.to_string()))
+                .map_err(|e| Some(e.to_string()))
         } else {
             Ok(())
         }
@@ -183,10 +181,10 @@ fn check_copies(
                     Ok(()) => {
                         good.get_or_insert(b);
                     }
-                    Err(Copy::Damaged(e)) => {
-                        bad.push((*t, format!("{key} on tier {on}: {e}"), Copy::Damaged(e)))
+                    Err(Some(e)) => {
+                        bad.push((*t, format!("{key} on tier {on}: {e}"), Copy::Damaged))
                     }
-                    Err(c) => bad.push((*t, format!("{key} on tier {on} differs from the copy in use; compare the copies and copy the right one over the other by hand"), c)),
+                    Err(None) => bad.push((*t, format!("{key} on tier {on} differs from the copy in use; compare the copies and copy the right one over the other by hand"), Copy::Conflict)),
                 },
                 Err(e) if e.is_not_found() => {
                     bad.push((*t, format!("{key} is missing on tier {on}"), Copy::Missing))
@@ -228,7 +226,7 @@ fn check_copies(
 /// What is wrong with one tier's copy of an object.
 enum Copy {
     Missing,
-    Damaged(String),
+    Damaged,
     /// Opens, but differs from the copy in use.
     Conflict,
 }
@@ -413,7 +411,7 @@ fn read_pack(
             Ok(_) => bad.push((
                 *t,
                 format!("{key}{on}: content does not match its name (the pack is damaged)"),
-                Copy::Damaged(String::new()),
+                Copy::Damaged,
             )),
             Err(e) if e.is_not_found() && many => {
                 bad.push((*t, format!("{key} is missing{on}"), Copy::Missing))

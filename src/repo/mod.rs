@@ -63,7 +63,7 @@ pub type Result<T, E = RepoError> = std::result::Result<T, E>;
 
 /// The `config` object, stored in clear so a tier can be identified without
 /// the password.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct RepoConfig {
     pub version: u32,
     pub id: String,
@@ -78,9 +78,6 @@ pub struct Repository {
     config: RepoConfig,
     index: Index,
     cache_dir: PathBuf,
-    /// The key file that opened the repository, as (object name, content):
-    /// `check` compares each tier's copy with it.
-    key_file: (String, KeyFile),
     /// Index files found damaged on every tier, skipped (and said) once.
     skipped: std::sync::Mutex<std::collections::HashSet<BlobId>>,
 }
@@ -196,7 +193,7 @@ fn unlock(
     pw: Option<&[u8]>,
     config: &RepoConfig,
     loc: &str,
-) -> Result<(Keys, (String, KeyFile))> {
+) -> Result<Keys> {
     let mut last_err = None;
     for (name, kf) in key_files {
         match kf.unwrap_master(pw) {
@@ -211,10 +208,7 @@ fn unlock(
                         why: "config and key file disagree about encryption".into(),
                     });
                 }
-                return Ok((
-                    Keys::from_master(master, encrypted),
-                    (name.clone(), kf.clone()),
-                ));
+                return Ok(Keys::from_master(master, encrypted));
             }
             Ok(None) => {}
             Err(e) => {
@@ -268,38 +262,8 @@ fn config_copies_elsewhere(store: &dyn Tier, read: &RepoConfig) -> Vec<RepoConfi
         else {
             continue;
         };
-        let v = serde_json::to_value(&c).ok();
-        if v != serde_json::to_value(read).ok()
-            && !out.iter().any(|o| serde_json::to_value(o).ok() == v)
-        {
+        if c != *read && !out.contains(&c) {
             out.push(c);
-        }
-    }
-    out
-}
-
-/// The copies of key files that the tiers of `store` hold besides those
-/// in `read` (which came from the fastest tier that had each): a copy that
-/// differs from the one read may be the good one.
-fn key_copies_elsewhere(store: &dyn Tier, read: &[(String, KeyFile)]) -> Vec<(String, KeyFile)> {
-    let Some(set) = store.as_set() else {
-        return Vec::new();
-    };
-    let same = |a: &KeyFile, b: &KeyFile| serde_json::to_vec(a).ok() == serde_json::to_vec(b).ok();
-    let mut out: Vec<(String, KeyFile)> = Vec::new();
-    for t in set.online() {
-        for obj in t.list("keys/").unwrap_or_default() {
-            let Ok(b) = t.get(&obj.key) else { continue };
-            let Ok(kf) = parse_key_file(&obj.key, &b) else {
-                continue;
-            };
-            if !read
-                .iter()
-                .chain(out.iter())
-                .any(|(n, k)| *n == obj.key && same(k, &kf))
-            {
-                out.push((obj.key, kf));
-            }
         }
     }
     out
@@ -352,8 +316,7 @@ impl Repository {
         let kf = KeyFile::wrap(&keys, password, kdf, &hostname(), &created)
             .map_err(format_err("new key".into()))?;
         let kf_bytes = serde_json::to_vec_pretty(&kf).expect("key file serializes");
-        let key_name = names::key(&BlobId::of_stored(&kf_bytes));
-        store.put(&key_name, &kf_bytes)?;
+        store.put(&names::key(&BlobId::of_stored(&kf_bytes)), &kf_bytes)?;
         let config = RepoConfig {
             version: FORMAT_VERSION,
             id: hex::encode(rand::random::<[u8; 32]>()),
@@ -371,7 +334,7 @@ impl Repository {
             &serde_json::to_vec_pretty(&config).expect("config serializes"),
         )?;
         let index = open_index(cache_root, &config, "index")?;
-        let repo = Self::finish_open(store, (keys, (key_name, kf)), config, cache_root, index)?;
+        let repo = Self::finish_open(store, keys, config, cache_root, index)?;
         // Every tier starts at revision 1, written by this installation.
         drop(repo.begin_write(false)?);
         Ok(repo)
@@ -450,10 +413,10 @@ impl Repository {
             let keys = unlock(&key_files, pw.as_deref(), &config, &loc);
             (keys, index.join().expect("opening the index panicked"))
         });
-        // A key file damaged on one tier may look like a wrong password
-        // (only the password shows it): then every tier's copy is tried.
         // A `config` altered on the fastest tier (its encryption flipped)
-        // disagrees with the key file: another tier's copy may not.
+        // disagrees with the key file: another tier's copy may not. (Key
+        // files need no such second try: a copy whose bytes do not hash to
+        // its name was passed over as it was read.)
         let mut config = config;
         let keys = keys.or_else(|e| match e {
             RepoError::Unopenable { what: "the config", .. } => {
@@ -465,17 +428,6 @@ impl Repository {
                     }
                 }
                 Err(e)
-            }
-            // A key file damaged where its name does not show it (a copy
-            // written under the wrong name by hand): every tier's copy.
-            RepoError::WrongPassword(_) | RepoError::Unopenable { .. } => {
-                let more = key_copies_elsewhere(store.as_ref(), &key_files);
-                if more.is_empty() {
-                    return Err(e);
-                }
-                let k = unlock(&more, pw.as_deref(), &config, &loc).map_err(|_| e)?;
-                errln!("warning: a tier holds a damaged copy of a key file, passed over for another tier's copy; run `tiervault check --read-data --repair` (with the same tiers) to replace it");
-                Ok(k)
             }
             e => Err(e),
         });
@@ -494,7 +446,7 @@ impl Repository {
 
     fn finish_open(
         store: Box<dyn Tier>,
-        (keys, key_file): (Keys, (String, KeyFile)),
+        keys: Keys,
         config: RepoConfig,
         cache_root: &Path,
         index: Index,
@@ -512,7 +464,6 @@ impl Repository {
             config,
             index,
             cache_dir,
-            key_file,
             skipped: Default::default(),
         };
         repo.sync_index()?;
@@ -546,10 +497,6 @@ impl Repository {
         self.tiers()
             .begin_write(std::sync::Arc::new(self.local_state()), takeover)?;
         Ok(WriteSession(self))
-    }
-    /// The key file that opened the repository: (object name, content).
-    pub fn key_file(&self) -> &(String, KeyFile) {
-        &self.key_file
     }
     pub fn keys(&self) -> &Keys {
         &self.keys

@@ -178,13 +178,13 @@ impl TierSet {
             .collect()
     }
 
-    /// Online and synchronised: a tier that writes go to.
     /// Whether every tier is online and synchronised, so that a write
     /// (or a delete) reaches them all.
     pub fn all_in_step(&self) -> bool {
         (0..self.members.len()).all(|i| self.writable(i))
     }
 
+    /// Online and synchronised: a tier that writes go to.
     fn writable(&self, i: usize) -> bool {
         let s = self.state(i);
         s.online && s.synced

@@ -280,18 +280,12 @@ fn exit_master(conn: &Path) -> Option<bool> {
     let Ok(mut child) = child else {
         return Some(false);
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status.success()),
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(10))
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Some(false);
-            }
+    match crate::wait_bounded(&mut child, std::time::Duration::from_secs(2)) {
+        Some(status) => Some(status.success()),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Some(false)
         }
     }
 }
