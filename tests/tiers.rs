@@ -436,3 +436,60 @@ fn a_config_altered_on_one_tier_is_passed_over_and_never_repaired() {
     assert!(err.contains("differs from the copy in use"), "{err}");
     assert_eq!(fs::read(a.join("config")).unwrap(), altered);
 }
+
+/// `sync` copies the writer's `tierstate` along with its data, so a `sync`
+/// run with another state directory (another user, a rescue shell) brings
+/// a lagging tier back without making the backups stop with exit 13; a
+/// backup from that state directory is still a stranger's.
+#[test]
+fn a_sync_with_another_state_directory_does_not_stop_the_backups() {
+    let env = Env::new();
+    let (a, b, cache) = two_tiers(&env);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    random_file(&src.join("first"), 1 << 16);
+    ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+    // Tier B is away (no repository there) for the second backup.
+    let away = env.path("tier-b.away");
+    fs::rename(&b, &away).unwrap();
+    random_file(&src.join("second"), 1 << 16);
+    ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+    fs::rename(&away, &b).unwrap();
+    let behind = |cache: &Path| -> bool {
+        let out = ok(tv(&[&a, &b], cache).args(["tiers", "--json"]));
+        let tiers = json(&String::from_utf8_lossy(&out.stdout));
+        tiers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["synchronised"] == false)
+    };
+    assert!(behind(&cache));
+    let other = env.path("other-cache");
+    ok(tv(&[&a, &b], &other).arg("sync"));
+    assert!(!behind(&cache));
+    random_file(&src.join("third"), 1 << 16);
+    ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+    // B alone holds all three revisions.
+    let out = ok(tv(&[&b], &cache).args(["revisions", "--json"]));
+    assert_eq!(
+        json(&String::from_utf8_lossy(&out.stdout))
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    // The other state directory is another installation when it writes.
+    random_file(&src.join("fourth"), 1 << 16);
+    let o = tv(&[&a, &b], &other)
+        .arg("backup")
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(13),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
