@@ -136,12 +136,33 @@ fn sftp_and_s3_tiers_each_hold_a_complete_copy() {
     let all = Tv::new(&[s(&local), &sftp, &s3loc], &env.path("cache"));
     all.init();
     all.ok(&["backup", s(&src)]);
+    // Temporaries as a write cut off before its rename leaves them: one a
+    // day old, and one as fresh as a write still under way elsewhere.
+    let pack_dir = std::fs::read_dir(sftp_dir.join("data"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let (stale, fresh) = (pack_dir.join(".tmp-a-1"), pack_dir.join(".tmp-b-2"));
+    for p in [&stale, &fresh] {
+        std::fs::write(p, b"cut off").unwrap();
+    }
+    let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(25 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(day_ago)
+        .unwrap();
     // Every tier alone, on a fresh cache, restores and checks clean.
     for (i, tier) in [s(&local), &sftp, &s3loc].iter().enumerate() {
         let alone = Tv::new(&[tier], &env.path(&format!("cache-{i}")));
         alone.ok(&["check", "--read-data"]);
         alone.restores(&src, &env.path(&format!("restored-{i}")));
     }
+    // The SFTP tier's listing removed the stale temporary only.
+    assert!(!stale.exists() && fresh.exists());
     // What the tiers show.
     let st = tier_status(&all);
     assert_eq!(st.len(), 3);

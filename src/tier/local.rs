@@ -193,19 +193,10 @@ impl Tier for LocalTier {
     }
 }
 
-/// How old a `.tmp-*` file must be to count as left by a killed process.
-const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-
 /// Removes a `.tmp-*` file a day old or more (best effort: a read-only
 /// tier keeps it).
 fn remove_if_stale(ent: &fs::DirEntry) {
-    let old = ent
-        .metadata()
-        .ok()
-        .and_then(|m| m.modified().ok())
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age >= STALE_TEMPORARY);
-    if old {
+    if super::stale_temporary(ent.metadata().ok().and_then(|m| m.modified().ok())) {
         let _ = fs::remove_file(ent.path());
     }
 }
@@ -226,7 +217,7 @@ mod tests {
         // A write cut off a day ago, by a killed process.
         let stale = d.path().join("data/ab/.tmp-2");
         fs::write(&stale, b"x").unwrap();
-        let day_ago = std::time::SystemTime::now() - STALE_TEMPORARY;
+        let day_ago = std::time::SystemTime::now() - crate::tier::STALE_TEMPORARY;
         File::options()
             .write(true)
             .open(&stale)

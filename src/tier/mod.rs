@@ -73,6 +73,18 @@ pub fn stopping() -> bool {
     STOPPING.load(std::sync::atomic::Ordering::SeqCst)
 }
 
+/// How old a `.tmp-*` object must be to count as left by a process killed
+/// between writing it and renaming it into place.
+pub const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Whether a `.tmp-*` object last modified at `modified` was left behind.
+/// The age rule spares a write still under way in another process.
+fn stale_temporary(modified: Option<std::time::SystemTime>) -> bool {
+    modified
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age >= STALE_TEMPORARY)
+}
+
 /// The flag behind `stop`, for a signal handler to set.
 pub fn stopping_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     STOPPING.clone()

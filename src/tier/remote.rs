@@ -415,12 +415,23 @@ impl Tier for RemoteTier {
         let mut out = Vec::new();
         for e in entries {
             let path = e.path();
-            if path.ends_with('/')
-                || path
-                    .rsplit('/')
-                    .next()
-                    .is_some_and(|f| f.starts_with(".tmp-"))
+            if path.ends_with('/') {
+                continue;
+            }
+            if path
+                .rsplit('/')
+                .next()
+                .is_some_and(|f| f.starts_with(".tmp-"))
             {
+                // Left by a write cut off before its rename: removed once
+                // a day old (best effort: a read-only tier keeps it).
+                let modified = e
+                    .metadata()
+                    .last_modified()
+                    .map(std::time::SystemTime::from);
+                if super::stale_temporary(modified) {
+                    let _ = self.call(path, || async { self.op().delete(path).await });
+                }
                 continue;
             }
             let size = match e.metadata().content_length() {
