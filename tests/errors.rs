@@ -370,19 +370,46 @@ impl Drop for Mounted {
     }
 }
 
-#[test]
-fn a_full_tier_gives_a_clear_error_and_loses_nothing() {
+/// A tmpfs of `size` at `env`'s `small`, unmounted when the guard goes.
+fn small_disk(env: &Env, size: &str) -> (std::path::PathBuf, Mounted) {
     assert!(is_root(), "run the suite as root (mounts a small tmpfs)");
-    let env = Env::new();
     let small = env.path("small");
     fs::create_dir_all(&small).unwrap();
     let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
         .arg(&small)
         .status()
         .unwrap();
     assert!(st.success());
-    let _guard = Mounted(small.clone());
+    (small.clone(), Mounted(small))
+}
+
+/// Fills the file system of `dir` up to `leave` bytes free, with one file.
+fn fill(dir: &std::path::Path, leave: u64) {
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let avail: u64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let st = Command::new("fallocate")
+        .args(["-l", &avail.saturating_sub(leave).to_string()])
+        .arg(dir.join("filler"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn a_full_tier_gives_a_clear_error_and_loses_nothing() {
+    let env = Env::new();
+    let (small, _guard) = small_disk(&env, "6m");
     let repo = small.join("repo");
     let tv = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_tiervault"))
@@ -581,4 +608,57 @@ fn a_hard_link_to_a_file_that_failed_says_why() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("as the file it is a hard link of"), "{err}");
     assert!(!err.contains("No such file"), "{err}");
+}
+
+/// The local cache's disk is full: commands stop with a clear error (they
+/// had aborted inside RocksDB, exit 134); a disk that fills up during a
+/// backup fails that backup, or only its record of unchanged files; and
+/// once there is room again, nothing is missing.
+#[test]
+fn a_full_cache_disk_gives_a_clear_error_and_loses_nothing() {
+    let mut env = Env::new();
+    let (small, _guard) = small_disk(&env, "48m");
+    env.cache = small.join("cache");
+    let src = env.backed_up(&[("first", b"first")]);
+    let revisions = |env: &Env| {
+        let o = env.run(["--json", "revisions"]);
+        json(&String::from_utf8_lossy(&o.stdout))
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    fill(&small, 4096);
+    assert_clean_error(&env.run(["revisions"]), 1, "--cache-dir");
+    let o = env.run([std::ffi::OsStr::new("backup"), src.as_os_str()]);
+    assert_clean_error(&o, 1, "is full");
+    fs::remove_file(small.join("filler")).unwrap();
+    assert_eq!(revisions(&env), 1);
+    // Room to open the cache, not to record 40,000 new files in it.
+    for i in 0..40_000 {
+        let d = src.join(format!("d{}", i % 300));
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join(format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    fill(&small, 8_500_000);
+    let o = env.run([std::ffi::OsStr::new("backup"), src.as_os_str()]);
+    let e = stderr(&o);
+    eprintln!("a backup on a disk filling up: {}: {e}", o.status);
+    assert!(e.contains("is full") && !e.contains("panicked"), "{e}");
+    fs::remove_file(small.join("filler")).unwrap();
+    match o.status.code() {
+        // The revision was stored; the record of unchanged files was not.
+        Some(0) => {
+            assert!(e.contains("warning: revision"), "{e}");
+            assert_eq!(revisions(&env), 2);
+        }
+        Some(1) => assert_eq!(revisions(&env), 1, "{e}"),
+        other => panic!("exit {other:?}: {e}"),
+    }
+    env.ok([std::ffi::OsStr::new("backup"), src.as_os_str()]);
+    env.ok(["check", "--read-data"]);
+    let dst = env.path("restored");
+    env.restore("latest", &dst);
+    let back = dst.join(src.strip_prefix("/").unwrap());
+    assert_eq!(fs::read(back.join("d7/f1507")).unwrap(), b"file 1507");
+    assert_eq!(fs::read_dir(back.join("d299")).unwrap().count(), 133);
 }

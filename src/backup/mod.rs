@@ -106,12 +106,21 @@ pub fn run(repo: Arc<Repository>, opts: &BackupOptions) -> Result<BackupSummary>
     };
     let id = repo.save_revision(&revision)?;
     drop(session);
-    repo.index().flush_files()?;
+    // The revision is stored: what remains is the local record of
+    // unchanged files, a cache (on a full disk, say).
+    let mut warnings = walked.warnings;
+    if let Err(e) = repo.index().flush_files() {
+        errln!(
+            "warning: revision {} is saved, but the local record of unchanged files could not be kept, so the next backup reads every file again: {e}",
+            id.short()
+        );
+        warnings += 1;
+    }
     Ok(BackupSummary {
         id,
         revision,
         errors: walked.errors,
-        warnings: walked.warnings,
+        warnings,
         stored_bytes: stored,
         bytes_read: walked.read,
     })

@@ -29,6 +29,8 @@ pub enum IndexError {
     Locked { path: PathBuf },
     #[error("local cache at {path}: {msg}; it is only a cache: delete that directory and run the command again")]
     Rocks { path: PathBuf, msg: String },
+    #[error("the disk of the local cache at {path} is full ({free} bytes free): free some space there, or give tiervault a --cache-dir (TIERVAULT_CACHE_DIR) on another disk; the repository on the tiers is unharmed")]
+    Full { path: PathBuf, free: u64 },
     #[error(
         "local cache entry is corrupt ({0}); delete the cache directory and run the command again"
     )]
@@ -107,15 +109,68 @@ fn pack_value(v: &[u8]) -> Option<(u64, bool)> {
     Some((len, v.get(8) == Some(&1)))
 }
 
+/// The room RocksDB needs to open: a new write-ahead log, manifest and
+/// options file. Below it, the index is not opened (see [`Index::open`]).
+const MIN_FREE: u64 = 8 << 20;
+
+/// The bytes an unprivileged process may still write on the file system
+/// holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string and `st` a valid out-pointer.
+    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0)
+        .then(|| (st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// The error for a RocksDB failure at `path`: a full disk says so.
+fn rocks_error(path: &Path, msg: String) -> IndexError {
+    if msg.contains("No space left on device") {
+        IndexError::Full {
+            path: path.into(),
+            free: free_bytes(path).unwrap_or(0),
+        }
+    } else {
+        IndexError::Rocks {
+            path: path.into(),
+            msg,
+        }
+    }
+}
+
 impl Index {
     /// Opens (or creates) the index at `path`, with `block_cache` bytes of
     /// RocksDB blocks kept in memory.
+    ///
+    /// Debian's RocksDB is built with its assertions on, and one of them
+    /// aborts the process when its info log is written to again after a
+    /// write to it failed. So a full disk is refused before opening, and
+    /// only fatal messages go to the info log: a disk that fills up during
+    /// a command then fails that command's next write with "full", which
+    /// the caller reports, instead of aborting.
     pub fn open(path: &Path, block_cache: usize) -> Result<Self, IndexError> {
-        std::fs::create_dir_all(path).map_err(|e| IndexError::Rocks {
-            path: path.into(),
-            msg: e.to_string(),
+        std::fs::create_dir_all(path).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                IndexError::Full {
+                    path: path.into(),
+                    free: 0,
+                }
+            } else {
+                IndexError::Rocks {
+                    path: path.into(),
+                    msg: e.to_string(),
+                }
+            }
         })?;
+        if let Some(free) = free_bytes(path).filter(|&f| f < MIN_FREE) {
+            return Err(IndexError::Full {
+                path: path.into(),
+                free,
+            });
+        }
         let mut opts = Options::default();
+        opts.set_log_level(rocksdb::LogLevel::Fatal);
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_open_files(256);
@@ -145,10 +200,7 @@ impl Index {
             if msg.contains("lock") && (msg.contains("unavailable") || msg.contains("Resource")) {
                 IndexError::Locked { path: path.into() }
             } else {
-                IndexError::Rocks {
-                    path: path.into(),
-                    msg,
-                }
+                rocks_error(path, msg)
             }
         })?;
         Ok(Self {
@@ -165,10 +217,7 @@ impl Index {
     }
 
     fn rerr(&self, e: rocksdb::Error) -> IndexError {
-        IndexError::Rocks {
-            path: self.path.clone(),
-            msg: e.to_string(),
-        }
+        rocks_error(&self.path, e.to_string())
     }
 
     fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {

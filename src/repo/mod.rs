@@ -269,6 +269,20 @@ fn config_copies_elsewhere(store: &dyn Tier, read: &RepoConfig) -> Vec<RepoConfi
     out
 }
 
+/// Takes a failed write of a copy kept only to spare reads (a decoded tree
+/// or revision) as a warning, once per process: the reads go on from the
+/// tiers. A full disk under the cache must not stop a listing or a mount.
+fn cache_write(r: std::result::Result<(), IndexError>) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Err(e) = r {
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            errln!(
+                "warning: {e}; carrying on, reading from the tiers what the cache would have kept"
+            );
+        }
+    }
+}
+
 fn format_err(object: String) -> impl FnOnce(FormatError) -> RepoError {
     move |err| RepoError::Corrupt { object, err }
 }
@@ -787,7 +801,7 @@ impl Repository {
             Some(p) => p,
             None => {
                 let p = self.read_blob(id)?;
-                self.index.put_tree(id, &p)?;
+                cache_write(self.index.put_tree(id, &p));
                 p
             }
         };
@@ -818,7 +832,7 @@ impl Repository {
                     let rev = get_parsed(self.store.as_ref(), &obj.key, |b| {
                         Revision::open(&self.keys, &id, b).map_err(|e| e.to_string())
                     })?;
-                    self.index.set_meta(&mark, &rev.encode())?;
+                    cache_write(self.index.set_meta(&mark, &rev.encode()));
                     rev
                 }
             };
