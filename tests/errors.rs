@@ -662,3 +662,54 @@ fn a_full_cache_disk_gives_a_clear_error_and_loses_nothing() {
     assert_eq!(fs::read(back.join("d7/f1507")).unwrap(), b"file 1507");
     assert_eq!(fs::read_dir(back.join("d299")).unwrap().count(), 133);
 }
+
+/// A restore into a disk that fills up stops with one error saying so
+/// (it had printed one error per remaining file), and every file it left
+/// there is whole.
+#[test]
+fn a_restore_into_a_full_disk_stops_with_one_error() {
+    let env = Env::new();
+    let (small, _guard) = small_disk(&env, "2m");
+    let mut files = Vec::new();
+    for i in 0..8 {
+        files.push((format!("big-{i}"), common::random_bytes(400 << 10, i)));
+    }
+    for i in 0..500 {
+        files.push((
+            format!("small-{i:03}"),
+            format!("small file {i}").into_bytes(),
+        ));
+    }
+    let named: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.as_slice()))
+        .collect();
+    let src = env.backed_up(&named);
+    let target = small.join("restored");
+    let o = env.run([
+        std::ffi::OsStr::new("restore"),
+        "latest".as_ref(),
+        "--target".as_ref(),
+        target.as_os_str(),
+    ]);
+    assert_clean_error(&o, 1, "is full");
+    assert!(stderr(&o).contains("--target"), "{}", stderr(&o));
+    let back = target.join(src.strip_prefix("/").unwrap());
+    let mut left = 0;
+    for e in fs::read_dir(&back).unwrap() {
+        let e = e.unwrap();
+        assert_eq!(
+            fs::read(e.path()).unwrap(),
+            fs::read(src.join(e.file_name())).unwrap(),
+            "{:?}",
+            e.file_name()
+        );
+        left += 1;
+    }
+    assert!(left > 0 && left < files.len(), "{left} files restored");
+    // Elsewhere, the whole tree comes back.
+    let dst = env.path("elsewhere");
+    env.restore("latest", &dst);
+    let back = dst.join(src.strip_prefix("/").unwrap());
+    assert_eq!(fs::read_dir(&back).unwrap().count(), files.len());
+}

@@ -61,6 +61,10 @@ pub(crate) fn worker(repo: &Repository, recent: &Recent, jobs: &Receiver<FileJob
         let Some(first) = next.take().or_else(|| jobs.recv().ok()) else {
             return;
         };
+        if c.full.load(Ordering::Relaxed) {
+            // The target is full: the rest of the queue is let go.
+            continue;
+        }
         let mut bytes = data_len(&first.node);
         let small = bytes <= SMALL;
         let mut batch = vec![first];
@@ -178,6 +182,13 @@ fn restore_one(
         Err(e) => {
             // Never leave a file with wrong or missing bytes behind.
             let _ = std::fs::remove_file(&job.path);
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(super::is_full)
+            {
+                // One error for the whole restore, from `run`.
+                c.full.store(true, Ordering::Relaxed);
+                return;
+            }
             c.errors.fetch_add(1, Ordering::Relaxed);
             errln!(
                 "error: {}: {e}; the file was not restored",

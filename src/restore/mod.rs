@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use files::restore_metadata;
@@ -55,6 +55,14 @@ pub(crate) struct Counters {
     pub bytes: AtomicU64,
     pub errors: AtomicU64,
     pub warnings: AtomicU64,
+    /// The target's disk is full (or the user's quota used up): nothing
+    /// more is written, and the restore ends with one error saying so.
+    pub full: AtomicBool,
+}
+
+/// Whether `e` is a full disk or an exhausted quota.
+pub(crate) fn is_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 pub(crate) struct FileJob {
@@ -133,7 +141,21 @@ pub fn run(
         };
         walked?;
         Ok((w.pending_links, w.dirs, w.others))
+    })
+    .or_else(|e| {
+        if counters.full.load(Ordering::Relaxed) {
+            Ok(Default::default())
+        } else {
+            Err(e)
+        }
     })?;
+    if counters.full.load(Ordering::Relaxed) {
+        return Err(RepoError::Config(format!(
+            "the disk of {} is full (or your quota there is used up) after {} file(s) were restored: free some space there, or restore into another disk with --target, and run the restore again (it replaces what is already there)",
+            target.display(),
+            counters.files.load(Ordering::Relaxed)
+        )));
+    }
     summary.others = others;
     summary.dirs = dirs.len() as u64;
     for (first, path) in links {
@@ -224,6 +246,10 @@ impl Walk<'_> {
     }
 
     fn node(&mut self, node: Node, parent_rev: &[u8], dir: &Path, included: bool) -> Result<bool> {
+        if self.counters.full.load(Ordering::Relaxed) {
+            // `run` says so.
+            return Err(RepoError::Config("the target is full".into()));
+        }
         let rp = join(parent_rev, &node.name);
         let rp_os = Path::new(OsStr::from_bytes(&rp));
         if self.excludes.is_match(rp_os) {
@@ -262,7 +288,7 @@ impl Walk<'_> {
             Body::Symlink(target) => {
                 let _ = std::fs::remove_file(&path);
                 if let Err(e) = fsmeta::symlink(target, &path) {
-                    self.fail(&path, &e);
+                    self.fail_io(&path, &e);
                 } else {
                     self.others += 1;
                     restore_metadata(&path, &node, self.counters);
@@ -277,7 +303,7 @@ impl Walk<'_> {
                     _ => libc::S_IFSOCK,
                 };
                 if let Err(e) = fsmeta::mknod(&path, fmt | 0o600, node.meta.rdev) {
-                    self.fail(&path, &e);
+                    self.fail_io(&path, &e);
                 } else {
                     self.others += 1;
                     restore_metadata(&path, &node, self.counters);
@@ -290,6 +316,16 @@ impl Walk<'_> {
     fn fail(&self, path: &Path, e: &dyn std::fmt::Display) {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
         errln!("error: {}: {e}", path.display());
+    }
+
+    /// As `fail`, for an item the target could not hold: a full disk
+    /// stops the restore instead.
+    fn fail_io(&self, path: &Path, e: &std::io::Error) {
+        if is_full(e) {
+            self.counters.full.store(true, Ordering::Relaxed);
+        } else {
+            self.fail(path, e);
+        }
     }
 }
 
