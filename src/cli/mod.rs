@@ -95,12 +95,17 @@ fn close_connections_on_interrupt() {
             let msg = format!(
                 "tiervault: interrupted by {what}; closing connections (again to stop at once)\n"
             );
-            // Straight to the descriptor, after the closing started: stderr
-            // may be a pipe whose reader got the signal too, or one nobody
-            // reads, and neither may stop the closing.
-            // SAFETY: write of a valid buffer to descriptor 2.
-            unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
-            SAID.store(true, std::sync::atomic::Ordering::SeqCst);
+            // Straight to the descriptor, after the closing started, and on
+            // a thread of its own: stderr may be a pipe whose reader got the
+            // signal too, or one nobody reads, and neither may stop the
+            // closing or keep this thread from a second signal.
+            let _ = std::thread::Builder::new()
+                .name("saying".into())
+                .spawn(move || {
+                    // SAFETY: write of a valid buffer to descriptor 2.
+                    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+                    SAID.store(true, std::sync::atomic::Ordering::SeqCst);
+                });
         }
     };
     if std::thread::Builder::new()
