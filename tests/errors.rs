@@ -713,3 +713,49 @@ fn a_restore_into_a_full_disk_stops_with_one_error() {
     let back = dst.join(src.strip_prefix("/").unwrap());
     assert_eq!(fs::read_dir(&back).unwrap().count(), files.len());
 }
+
+/// A state directory that cannot hold this installation's id stops the
+/// commands that write, before they write anything. A new id made on every
+/// run had made each backup a stranger's to the next (exit 13 for good,
+/// and `takeover` only moved it to the real installation). A damaged id
+/// says so.
+#[test]
+fn an_unusable_state_directory_stops_writes_with_a_clear_error() {
+    let env = Env::new();
+    let not_a_dir = env.path("state-file");
+    fs::write(&not_a_dir, "x").unwrap();
+    let with_bad_state = |args: &[&std::ffi::OsStr]| {
+        env.cmd()
+            .env("TIERVAULT_STATE_DIR", &not_a_dir)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = with_bad_state(&[
+        "init".as_ref(),
+        "--kdf-memory".as_ref(),
+        "1024".as_ref(),
+        "--kdf-iterations".as_ref(),
+        "1".as_ref(),
+    ]);
+    assert_clean_error(&o, 1, "set TIERVAULT_STATE_DIR");
+    assert!(!env.repo.exists(), "init wrote before failing");
+    env.init();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), "x").unwrap();
+    let tierstate = fs::read(env.repo.join("tierstate")).unwrap();
+    for args in [
+        vec!["backup".as_ref(), src.as_os_str()],
+        vec!["takeover".as_ref()],
+    ] {
+        let o = with_bad_state(&args);
+        assert_clean_error(&o, 1, "cannot record this installation's id");
+    }
+    assert_eq!(fs::read(env.repo.join("tierstate")).unwrap(), tierstate);
+    // The real installation carries on.
+    env.ok([std::ffi::OsStr::new("backup"), src.as_os_str()]);
+    fs::write(env.path("state/installation"), b"\0\x01 not an id").unwrap();
+    let o = env.run([std::ffi::OsStr::new("backup"), src.as_os_str()]);
+    assert_clean_error(&o, 1, "is damaged");
+}

@@ -78,7 +78,11 @@ impl Settings {
         let cache_root = cli
             .cache_dir
             .clone()
-            .or_else(|| std::env::var_os("TIERVAULT_CACHE_DIR").map(PathBuf::from))
+            .or_else(|| {
+                std::env::var_os("TIERVAULT_CACHE_DIR")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
             .or(cfg.cache_dir)
             .unwrap_or_else(default_cache_root);
         Ok(Self {

@@ -118,11 +118,14 @@ pub fn default_state_root() -> PathBuf {
 }
 
 /// `$OURS`, else `$XDG/tiervault`, else `~/<home_default>/tiervault`.
+/// An empty variable counts as unset (as the XDG rules say), so that
+/// `VAR=` does not put the directory in whatever the working directory is.
 fn user_dir(ours: &str, xdg: &str, home_default: &str) -> PathBuf {
-    if let Some(d) = std::env::var_os(ours) {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(d) = var(ours) {
         return d.into();
     }
-    if let Some(d) = std::env::var_os(xdg) {
+    if let Some(d) = var(xdg) {
         return Path::new(&d).join("tiervault");
     }
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
@@ -324,6 +327,19 @@ impl Repository {
                 "{} holds key files but no config: an earlier init was interrupted; remove that directory's contents and run init again",
                 store.name()
             )));
+        }
+        // The first `tierstate` names this installation: a state directory
+        // that cannot hold its id fails `init` before anything is written.
+        {
+            use crate::tier::set::LocalState;
+            let root = default_state_root();
+            LocalTiers {
+                file: root.join("tiers.json"),
+                sessions: root.join("sessions"),
+                installation: root.join("installation"),
+            }
+            .installation()
+            .map_err(|m| RepoError::Writer(crate::tier::set::WriteError::StateDir(m)))?;
         }
         let keys = Keys::random(password.is_some());
         let created = crate::timefmt::rfc3339(now());
@@ -938,30 +954,50 @@ impl LocalTiers {
 }
 
 impl crate::tier::set::LocalState for LocalTiers {
-    fn installation(&self) -> String {
-        if let Ok(id) = std::fs::read_to_string(&self.installation) {
-            if !id.trim().is_empty() {
-                return id.trim().to_string();
+    fn installation(&self) -> std::result::Result<String, String> {
+        let path = &self.installation;
+        let unwritable = |e: std::io::Error| {
+            format!(
+                "cannot record this installation's id in {}: {e}; a command that writes needs a \
+                 writable state directory: set TIERVAULT_STATE_DIR to one, the same for every \
+                 backup (see \"The state directory\" in the user guide)",
+                path.display()
+            )
+        };
+        match std::fs::read(path) {
+            Ok(b) => {
+                let id = String::from_utf8_lossy(&b).trim().to_string();
+                let sound = (1..=64).contains(&id.len())
+                    && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-');
+                if sound {
+                    return Ok(id);
+                }
+                return Err(format!(
+                    "this installation's id in {} is damaged ({} bytes that are not an id): put \
+                     the file back from a copy, or, if it is lost, delete it and run `tiervault \
+                     takeover` to make this machine the writer again",
+                    path.display(),
+                    b.len()
+                ));
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(unwritable(e)),
         }
         let id = hex::encode(rand::random::<[u8; 16]>());
-        if let Some(dir) = self.installation.parent() {
-            let _ = std::fs::create_dir_all(dir);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(unwritable)?;
         }
-        let tmp = self.installation.with_extension("tmp");
-        if std::fs::write(&tmp, &id)
-            .and_then(|()| std::fs::rename(&tmp, &self.installation))
-            .is_err()
-        {
-            errln!(
-                "warning: cannot record this installation's id in {}",
-                self.installation.display()
-            );
-        }
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        std::fs::write(&tmp, &id)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                unwritable(e)
+            })?;
         // Another process may have won the race; its id is the one kept.
-        std::fs::read_to_string(&self.installation)
+        std::fs::read_to_string(path)
             .map(|s| s.trim().to_string())
-            .unwrap_or(id)
+            .map_err(unwritable)
     }
     fn host(&self) -> String {
         hostname()
@@ -1061,12 +1097,9 @@ impl crate::tier::set::LocalState for LocalTiers {
         m.insert(tier.to_string(), rev);
         let tmp = self.file.with_extension("tmp");
         let b = serde_json::to_vec_pretty(&m).expect("serialises");
-        if std::fs::write(&tmp, b)
-            .and_then(|()| std::fs::rename(&tmp, &self.file))
-            .is_err()
-        {
+        if let Err(e) = std::fs::write(&tmp, b).and_then(|()| std::fs::rename(&tmp, &self.file)) {
             errln!(
-                "warning: cannot record tier revisions in {}",
+                "warning: cannot record tier revisions in {}: {e}",
                 self.file.display()
             );
         }

@@ -77,6 +77,10 @@ struct MemberState {
 pub enum WriteError {
     #[error("another installation (on host {host:?}) has written to tier {tier} since this one last did; stopping so the two do not interleave. Reading (revisions, mount, restore) still works. If this machine replaces the other one, or lost its state directory (TIERVAULT_STATE_DIR), run `tiervault takeover`; otherwise let only one installation write")]
     AnotherInstallation { tier: String, host: String },
+    /// This installation's id cannot be read or recorded (see
+    /// [`LocalState::installation`]).
+    #[error("{0}")]
+    StateDir(String),
     #[error(transparent)]
     Tier(#[from] TierError),
 }
@@ -84,7 +88,10 @@ pub enum WriteError {
 /// The caller's memory of the tiers: which installation it is and the
 /// revision it last left on each tier.
 pub trait LocalState: Send + Sync {
-    fn installation(&self) -> String;
+    /// This installation's id, made and recorded on first use. An id that
+    /// cannot be recorded is an error: a new one made on every run would
+    /// make each write a stranger's to the next.
+    fn installation(&self) -> Result<String, String>;
     fn host(&self) -> String;
     fn set_last_revision(&self, tier: &str, rev: u64);
     /// Marks a write session of this process as open until
@@ -651,10 +658,10 @@ impl TierSet {
         local: std::sync::Arc<dyn LocalState>,
         takeover: bool,
     ) -> Result<(), WriteError> {
+        let me = local.installation().map_err(WriteError::StateDir)?;
         self.writing.store(true, Ordering::SeqCst);
         self.uncertain.store(false, Ordering::SeqCst);
         *self.local.lock().expect("local") = Some(local.clone());
-        let me = local.installation();
         let mut states = self.refresh();
         if !(0..self.members.len()).any(|i| self.state(i).online) {
             self.write_targets()?;
@@ -1152,8 +1159,8 @@ mod tests {
         }
     }
     impl LocalState for Mem {
-        fn installation(&self) -> String {
-            self.1.clone()
+        fn installation(&self) -> Result<String, String> {
+            Ok(self.1.clone())
         }
         fn host(&self) -> String {
             format!("host-{}", self.1)
