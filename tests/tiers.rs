@@ -465,19 +465,27 @@ fn a_sync_with_another_state_directory_does_not_stop_the_backups() {
             .any(|t| t["synchronised"] == false)
     };
     assert!(behind(&cache));
+    // Each backup while B is behind says so.
+    random_file(&src.join("second-b"), 1 << 16);
+    let o = ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("is behind") && err.contains("tiervault sync"),
+        "{err}"
+    );
     let other = env.path("other-cache");
     ok(tv(&[&a, &b], &other).arg("sync"));
     assert!(!behind(&cache));
     random_file(&src.join("third"), 1 << 16);
     ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
-    // B alone holds all three revisions.
+    // B alone holds all four revisions.
     let out = ok(tv(&[&b], &cache).args(["revisions", "--json"]));
     assert_eq!(
         json(&String::from_utf8_lossy(&out.stdout))
             .as_array()
             .unwrap()
             .len(),
-        3
+        4
     );
     // The other state directory is another installation when it writes.
     random_file(&src.join("fourth"), 1 << 16);

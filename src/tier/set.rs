@@ -706,6 +706,22 @@ impl TierSet {
             writer: me,
             host: local.host(),
         };
+        // Said on every write, so a scheduled backup's log shows a copy
+        // going stale, not only the backup at which it fell behind.
+        for (i, m) in self.members.iter().enumerate() {
+            let (online, synced) = {
+                let s = self.state(i);
+                (s.online, s.synced)
+            };
+            if online && !synced {
+                let revision = states[i].as_ref().map_or(0, |t| t.revision);
+                errln!(
+                    "warning: tier {} is behind (at revision {revision} of {}) and is not written; run `tiervault sync` to bring it up to date",
+                    m.tier.name(),
+                    next - 1
+                );
+            }
+        }
         loop {
             let mut failed = Vec::new();
             let mut took = false;
