@@ -759,3 +759,39 @@ fn an_unusable_state_directory_stops_writes_with_a_clear_error() {
     let o = env.run([std::ffi::OsStr::new("backup"), src.as_os_str()]);
     assert_clean_error(&o, 1, "is damaged");
 }
+
+/// One directory named twice, a file given as a tier (a config file passed
+/// to `-r`) and an empty location each get a clear error before anything
+/// is written. The first had made two "synchronised" tiers of one copy;
+/// the second blamed the network; the third initialised the working
+/// directory.
+#[test]
+fn tier_locations_given_wrongly_get_a_clear_error() {
+    let env = Env::new();
+    let repo = env.repo.to_str().unwrap();
+    let cwd = env.path("cwd");
+    fs::create_dir_all(&cwd).unwrap();
+    let run = |locations: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tiervault"));
+        for l in locations {
+            c.arg("-r").arg(l);
+        }
+        c.args(["init", "--kdf-memory", "1024", "--kdf-iterations", "1"])
+            .current_dir(&cwd)
+            .env("TIERVAULT_CACHE_DIR", &env.cache)
+            .env("TIERVAULT_STATE_DIR", env.path("state"))
+            .env("TIERVAULT_PASSWORD", common::PASSWORD)
+            .output()
+            .unwrap()
+    };
+    let twice = format!("{repo}/");
+    assert_clean_error(&run(&[repo, &twice]), 1, "name each tier once");
+    let dotted = format!("{}/./repo", env.dir.path().display());
+    assert_clean_error(&run(&[repo, &dotted]), 1, "name each tier once");
+    let file = env.path("home.toml");
+    fs::write(&file, "").unwrap();
+    assert_clean_error(&run(&[file.to_str().unwrap()]), 1, "not a directory");
+    assert_clean_error(&run(&[""]), 1, "location is empty");
+    assert!(!env.repo.exists());
+    assert_eq!(fs::read_dir(&cwd).unwrap().count(), 0);
+}

@@ -39,6 +39,40 @@ pub struct Settings {
     password: PasswordSource,
 }
 
+/// Refuses an empty location, a local one that is a file (a config file
+/// given to `-r`), and one location named twice, which would count as two
+/// copies where there is one.
+fn check_tiers(tiers: &[TierSpec]) -> anyhow::Result<()> {
+    let mut seen: Vec<(String, &str)> = Vec::new();
+    for t in tiers {
+        let loc = t.location.as_str();
+        anyhow::ensure!(
+            !loc.trim().is_empty(),
+            "a tier location is empty: give a directory, an sftp:// or an s3:// location"
+        );
+        let key = if loc.contains("://") {
+            loc.trim_end_matches('/').to_string()
+        } else {
+            let p = std::path::absolute(loc).unwrap_or_else(|_| PathBuf::from(loc));
+            if let Ok(m) = std::fs::metadata(&p) {
+                anyhow::ensure!(
+                    m.is_dir(),
+                    "tier {loc} is a file, not a directory: a tier is a directory, an sftp:// or an s3:// location (a config file goes with --config)"
+                );
+            }
+            let p = std::fs::canonicalize(&p).unwrap_or(p);
+            p.components().collect::<PathBuf>().display().to_string()
+        };
+        if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+            anyhow::bail!(
+                "tier {loc} is the same place as tier {first}: name each tier once (one place named twice is still one copy)"
+            );
+        }
+        seen.push((key, loc));
+    }
+    Ok(())
+}
+
 impl Settings {
     /// The tiers' locations, for messages.
     pub fn locations(&self) -> Vec<String> {
@@ -61,6 +95,7 @@ impl Settings {
             .map(|l| TierSpec::parse(l))
             .collect::<Result<Vec<_>, _>>()?;
         tiers.extend(cfg.tier);
+        check_tiers(&tiers)?;
         // Flags beat the environment, which beats the config file.
         let password = if let Some(c) = cli.password_command.clone() {
             PasswordSource::Command(c)
