@@ -386,3 +386,24 @@ fn a_time_shared_by_two_revisions_lists_their_names() {
         "{err}"
     );
 }
+
+/// A file of `/sys` says 4096 bytes and gives fewer: the revision holds the
+/// bytes it gave, with a note, not the bytes padded with zeros to 4096.
+#[test]
+fn a_sys_file_is_stored_as_the_bytes_it_gives() {
+    let f = std::path::Path::new("/sys/devices/virtual/net/lo/address");
+    let real = fs::read(f).expect("sysfs mounted, with the loopback device");
+    assert!(fs::metadata(f).unwrap().len() > real.len() as u64);
+    let env = Env::new();
+    env.init();
+    let o = env.run(["backup", f.to_str().unwrap()]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&format!("gave {} bytes", real.len())), "{err}");
+    let dst = env.path("restored");
+    env.restore("latest", &dst);
+    assert_eq!(
+        fs::read(dst.join(f.strip_prefix("/").unwrap())).unwrap(),
+        real
+    );
+}

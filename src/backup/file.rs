@@ -27,7 +27,11 @@ pub struct FileContent {
     pub segments: Vec<Segment>,
     /// Bytes covered by the segments (less than the stat size if it shrank).
     pub size: u64,
+    /// Its metadata changed while it was read.
     pub changed: bool,
+    /// It ended before its size, its metadata unchanged: a file of `/proc`
+    /// or `/sys`, whose size is a placeholder.
+    pub short: bool,
     pub bytes_read: u64,
 }
 
@@ -74,6 +78,7 @@ pub fn read_file(
     let mut pos = 0u64;
     let mut bytes_read = 0u64;
     let mut fatal: Option<RepoError> = None;
+    let mut ended = false;
     for (off, len) in regions {
         if off > pos {
             segments.push(Segment::Hole { len: off - pos });
@@ -103,11 +108,13 @@ pub fn read_file(
         bytes_read += got;
         pos = off + got;
         if got < len {
-            break; // shrank while we read it
+            // It shrank while read, or its size was never its length.
+            ended = true;
+            break;
         }
     }
     let after = f.metadata().map_err(FileError::Skip)?;
-    if pos < size && after.size() >= size {
+    if !ended && pos < size && after.size() >= size {
         // Trailing hole.
         segments.push(Segment::Hole { len: size - pos });
         pos = size;
@@ -116,12 +123,12 @@ pub fn read_file(
         || after.mtime() != before.mtime()
         || after.mtime_nsec() != before.mtime_nsec()
         || after.ctime() != before.ctime()
-        || after.ctime_nsec() != before.ctime_nsec()
-        || pos != size;
+        || after.ctime_nsec() != before.ctime_nsec();
     Ok(FileContent {
         segments,
         size: pos,
         changed,
+        short: !changed && pos != size,
         bytes_read,
     })
 }

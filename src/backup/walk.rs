@@ -498,6 +498,14 @@ fn process_file(
             "warning: {} changed while it was read; the revision holds the bytes read",
             path.display()
         );
+    } else if content.short {
+        // Not counted as a warning: it says the same on every backup.
+        errln!(
+            "note: {} gave {} bytes where its size says {} (a file of /proc or /sys, say); the revision holds the bytes read",
+            path.display(),
+            content.size,
+            meta.size()
+        );
     } else {
         let entry = FileCacheEntry {
             inode: meta.ino(),
