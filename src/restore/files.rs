@@ -189,11 +189,10 @@ fn restore_one(
                 c.full.store(true, Ordering::Relaxed);
                 return;
             }
-            c.errors.fetch_add(1, Ordering::Relaxed);
-            errln!(
-                "error: {}: {e}; the file was not restored",
+            c.error(format_args!(
+                "{}: {e}; the file was not restored",
                 job.path.display()
-            );
+            ));
         }
     }
 }

@@ -60,6 +60,19 @@ pub(crate) struct Counters {
     pub full: AtomicBool,
 }
 
+/// Per-item errors said in full; past them, only counted. One cause (a
+/// tier gone, a pack lost) can fail thousands of files.
+const SHOWN_ERRORS: u64 = 20;
+
+impl Counters {
+    /// Counts a failed item and says why, for the first `SHOWN_ERRORS`.
+    pub(crate) fn error(&self, msg: std::fmt::Arguments) {
+        if self.errors.fetch_add(1, Ordering::Relaxed) < SHOWN_ERRORS {
+            errln!("error: {msg}");
+        }
+    }
+}
+
 /// Whether `e` is a full disk or an exhausted quota.
 pub(crate) fn is_full(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
@@ -162,24 +175,20 @@ pub fn run(
         let _ = std::fs::remove_file(&path);
         if std::fs::symlink_metadata(&first).is_err() {
             // Its error was said when it failed.
-            counters.errors.fetch_add(1, Ordering::Relaxed);
-            errln!(
-                "error: {}: not restored, as the file it is a hard link of, {}, was not",
+            counters.error(format_args!(
+                "{}: not restored, as the file it is a hard link of, {}, was not",
                 path.display(),
                 first.display()
-            );
+            ));
             continue;
         }
         match std::fs::hard_link(&first, &path) {
             Ok(()) => summary.files += 1,
-            Err(e) => {
-                counters.errors.fetch_add(1, Ordering::Relaxed);
-                errln!(
-                    "error: cannot link {} to {}: {e}",
-                    path.display(),
-                    first.display()
-                );
-            }
+            Err(e) => counters.error(format_args!(
+                "cannot link {} to {}: {e}",
+                path.display(),
+                first.display()
+            )),
         }
     }
     // `dirs` is in post-order: children before parents, so modes that
@@ -190,6 +199,12 @@ pub fn run(
     summary.files += counters.files.load(Ordering::Relaxed);
     summary.bytes = counters.bytes.load(Ordering::Relaxed);
     summary.errors = counters.errors.load(Ordering::Relaxed);
+    if summary.errors > SHOWN_ERRORS {
+        errln!(
+            "error: … and {} more item(s) not restored, not shown (the first {SHOWN_ERRORS} say why; `tiervault check` names damaged or missing data)",
+            summary.errors - SHOWN_ERRORS
+        );
+    }
     summary.warnings = counters.warnings.load(Ordering::Relaxed);
     Ok(summary)
 }
@@ -314,8 +329,7 @@ impl Walk<'_> {
     }
 
     fn fail(&self, path: &Path, e: &dyn std::fmt::Display) {
-        self.counters.errors.fetch_add(1, Ordering::Relaxed);
-        errln!("error: {}: {e}", path.display());
+        self.counters.error(format_args!("{}: {e}", path.display()));
     }
 
     /// As `fail`, for an item the target could not hold: a full disk
