@@ -832,3 +832,17 @@ fn a_restore_that_fails_many_files_for_one_cause_says_so_briefly() {
     assert!(e.contains("and 80 more item(s) not restored"), "{e}");
     assert!(e.contains("100 item(s) could not be restored"), "{e}");
 }
+
+/// A cache directory that cannot be made or written says to choose
+/// another, not to delete it (which would not help).
+#[test]
+fn an_unwritable_cache_directory_says_to_choose_another() {
+    let mut env = Env::new();
+    env.init();
+    let file = env.path("not-a-dir");
+    fs::write(&file, "x").unwrap();
+    env.cache = file;
+    let o = env.run(["revisions"]);
+    assert_clean_error(&o, 1, "cannot be written");
+    assert!(!stderr(&o).contains("delete"), "{}", stderr(&o));
+}

@@ -31,6 +31,8 @@ pub enum IndexError {
     Rocks { path: PathBuf, msg: String },
     #[error("the disk of the local cache at {path} is full ({free} bytes free): free some space there, or give tiervault a --cache-dir (TIERVAULT_CACHE_DIR) on another disk; the repository on the tiers is unharmed")]
     Full { path: PathBuf, free: u64 },
+    #[error("the local cache at {path} cannot be written ({msg}): give tiervault a --cache-dir (TIERVAULT_CACHE_DIR) this user can write; the cache is rebuilt from the tiers")]
+    Unwritable { path: PathBuf, msg: String },
     #[error(
         "local cache entry is corrupt ({0}); delete the cache directory and run the command again"
     )]
@@ -124,12 +126,27 @@ fn free_bytes(path: &Path) -> Option<u64> {
         .then(|| (st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
-/// The error for a RocksDB failure at `path`: a full disk says so.
+/// What the OS says when a directory cannot be made or written: deleting
+/// the cache would not help, another place would.
+const UNWRITABLE: [&str; 4] = [
+    "Permission denied",
+    "Read-only file system",
+    "Not a directory",
+    "File exists",
+];
+
+/// The error for a RocksDB failure at `path`: a full disk, or a place
+/// this user cannot write, says so.
 fn rocks_error(path: &Path, msg: String) -> IndexError {
     if msg.contains("No space left on device") {
         IndexError::Full {
             path: path.into(),
             free: free_bytes(path).unwrap_or(0),
+        }
+    } else if UNWRITABLE.iter().any(|w| msg.contains(w)) {
+        IndexError::Unwritable {
+            path: path.into(),
+            msg,
         }
     } else {
         IndexError::Rocks {
@@ -150,19 +167,7 @@ impl Index {
     /// a command then fails that command's next write with "full", which
     /// the caller reports, instead of aborting.
     pub fn open(path: &Path, block_cache: usize) -> Result<Self, IndexError> {
-        std::fs::create_dir_all(path).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ENOSPC) {
-                IndexError::Full {
-                    path: path.into(),
-                    free: 0,
-                }
-            } else {
-                IndexError::Rocks {
-                    path: path.into(),
-                    msg: e.to_string(),
-                }
-            }
-        })?;
+        std::fs::create_dir_all(path).map_err(|e| rocks_error(path, e.to_string()))?;
         if let Some(free) = free_bytes(path).filter(|&f| f < MIN_FREE) {
             return Err(IndexError::Full {
                 path: path.into(),
