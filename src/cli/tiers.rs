@@ -94,10 +94,13 @@ pub fn sync(s: &Settings) -> anyhow::Result<i32> {
         .status(false)
         .into_iter()
         .filter(|t| !t.synchronised)
-        .map(|t| t.name)
+        .map(|t| {
+            let why = if t.online { "online" } else { "offline" };
+            format!("{} ({why})", t.name)
+        })
         .collect();
     if !behind.is_empty() && !quiet {
-        errln!("still behind (offline): {}", behind.join(", "));
+        errln!("still behind: {}", behind.join(", "));
     }
     Ok(if done { 0 } else { 1 })
 }
