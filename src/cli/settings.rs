@@ -282,9 +282,17 @@ impl Settings {
             }
         };
         if pw.is_empty() {
-            return Err(RepoError::Password(
-                "the password is empty; give a non-empty password".into(),
-            ));
+            let from = match &self.password {
+                PasswordSource::Command(c) => format!("the output of --password-command {c:?}"),
+                PasswordSource::File(f) => {
+                    format!("the first line of password file {}", f.display())
+                }
+                PasswordSource::Value(_) => "TIERVAULT_PASSWORD".into(),
+                PasswordSource::Prompt => "the password typed".into(),
+            };
+            return Err(RepoError::Password(format!(
+                "the password is empty ({from} is empty); give a non-empty password"
+            )));
         }
         Ok(pw)
     }
