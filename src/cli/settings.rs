@@ -51,7 +51,13 @@ fn check_tiers(tiers: &[TierSpec]) -> anyhow::Result<()> {
             "a tier location is empty: give a directory, an sftp:// or an s3:// location"
         );
         let key = if loc.contains("://") {
-            loc.trim_end_matches('/').to_string()
+            // The same bucket at two providers is two places.
+            format!(
+                "{} {:?} {:?}",
+                loc.trim_end_matches('/'),
+                t.endpoint,
+                t.region
+            )
         } else {
             let p = std::path::absolute(loc).unwrap_or_else(|_| PathBuf::from(loc));
             if let Ok(m) = std::fs::metadata(&p) {
@@ -283,7 +289,7 @@ impl Settings {
         };
         if pw.is_empty() {
             let from = match &self.password {
-                PasswordSource::Command(c) => format!("the output of --password-command {c:?}"),
+                PasswordSource::Command(c) => format!("the output of the password command {c:?}"),
                 PasswordSource::File(f) => {
                     format!("the first line of password file {}", f.display())
                 }
@@ -306,4 +312,40 @@ fn first_line(mut b: Vec<u8>) -> Vec<u8> {
         b.pop();
     }
     b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(locs: &[&str]) -> anyhow::Result<()> {
+        let specs: Vec<TierSpec> = locs.iter().map(|l| TierSpec::parse(l).unwrap()).collect();
+        check_tiers(&specs)
+    }
+
+    #[test]
+    fn one_place_is_named_once_and_distinct_places_pass() {
+        // The same bucket at two providers, two paths on one server, and a
+        // local directory that does not exist yet (before `init`).
+        check(&[
+            "s3://backup/vault?endpoint=http://nas:3900",
+            "s3://backup/vault?endpoint=https://s3.offsite.example",
+            "sftp://me@host:22/srv/a",
+            "sftp://me@host:22/srv/b",
+            "/nonexistent/tiervault/new",
+        ])
+        .unwrap();
+        let twice = [
+            [
+                "s3://backup/vault?endpoint=http://nas:3900",
+                "s3://backup/vault/?endpoint=http://nas:3900",
+            ],
+            ["sftp://me@host/srv/a", "sftp://me@host/srv/a/"],
+            ["/nonexistent/x", "/nonexistent/./x/"],
+        ];
+        for pair in twice {
+            let e = check(&pair).unwrap_err().to_string();
+            assert!(e.contains("name each tier once"), "{pair:?}: {e}");
+        }
+    }
 }

@@ -112,18 +112,42 @@ fn pack_value(v: &[u8]) -> Option<(u64, bool)> {
 }
 
 /// The room RocksDB needs to open: a new write-ahead log, manifest and
-/// options file. Below it, the index is not opened (see [`Index::open`]).
-const MIN_FREE: u64 = 8 << 20;
+/// options file, and the header of its info log. Below it, the index is
+/// not opened (see [`Index::open`]).
+const MIN_FREE: u64 = 1 << 20;
 
-/// The bytes an unprivileged process may still write on the file system
-/// holding `path`.
+/// The bytes this process may still write on the file system holding
+/// `path` (root may use the blocks kept for it).
 fn free_bytes(path: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid C string and `st` a valid out-pointer.
-    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0)
-        .then(|| (st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let blocks = if unsafe { libc::geteuid() } == 0 {
+        st.f_bfree
+    } else {
+        st.f_bavail
+    };
+    Some((blocks as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Refuses a cache at `path` (or below its nearest existing ancestor)
+/// whose disk has no room for RocksDB to open.
+pub fn check_room(path: &Path) -> Result<(), IndexError> {
+    let Some(existing) = path.ancestors().find(|p| p.exists()) else {
+        return Ok(());
+    };
+    match free_bytes(existing) {
+        Some(free) if free < MIN_FREE => Err(IndexError::Full {
+            path: path.into(),
+            free,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// What the OS says when a directory cannot be made or written: deleting
@@ -138,7 +162,7 @@ const UNWRITABLE: [&str; 4] = [
 /// The error for a RocksDB failure at `path`: a full disk, or a place
 /// this user cannot write, says so.
 fn rocks_error(path: &Path, msg: String) -> IndexError {
-    if msg.contains("No space left on device") {
+    if msg.contains("No space left on device") || msg.contains("Disk quota exceeded") {
         IndexError::Full {
             path: path.into(),
             free: free_bytes(path).unwrap_or(0),
@@ -168,12 +192,7 @@ impl Index {
     /// the caller reports, instead of aborting.
     pub fn open(path: &Path, block_cache: usize) -> Result<Self, IndexError> {
         std::fs::create_dir_all(path).map_err(|e| rocks_error(path, e.to_string()))?;
-        if let Some(free) = free_bytes(path).filter(|&f| f < MIN_FREE) {
-            return Err(IndexError::Full {
-                path: path.into(),
-                free,
-            });
-        }
+        check_room(path)?;
         let mut opts = Options::default();
         opts.set_log_level(rocksdb::LogLevel::Fatal);
         opts.create_if_missing(true);

@@ -341,6 +341,8 @@ impl Repository {
             .installation()
             .map_err(|m| RepoError::Writer(crate::tier::set::WriteError::StateDir(m)))?;
         }
+        // And a cache that cannot open fails it before anything is written.
+        crate::index::check_room(cache_root)?;
         let keys = Keys::random(password.is_some());
         let created = crate::timefmt::rfc3339(now());
         let kf = KeyFile::wrap(&keys, password, kdf, &hostname(), &created)
@@ -988,13 +990,22 @@ impl crate::tier::set::LocalState for LocalTiers {
             std::fs::create_dir_all(dir).map_err(unwritable)?;
         }
         let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        std::fs::write(&tmp, &id)
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                unwritable(e)
-            })?;
-        // Another process may have won the race; its id is the one kept.
+        let made = std::fs::File::create(&tmp)
+            .and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(id.as_bytes())?;
+                f.sync_all()
+            })
+            // A link never replaces: of two processes making an id at
+            // once, the first one's stays, and both use it.
+            .and_then(|()| match std::fs::hard_link(&tmp, path) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                // A file system without hard links: renamed, the last wins.
+                Err(_) => std::fs::rename(&tmp, path),
+                Ok(()) => Ok(()),
+            });
+        let _ = std::fs::remove_file(&tmp);
+        made.map_err(unwritable)?;
         std::fs::read_to_string(path)
             .map(|s| s.trim().to_string())
             .map_err(unwritable)

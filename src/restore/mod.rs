@@ -378,6 +378,10 @@ fn ensure_dir(p: &Path) -> Result<()> {
                 p.display()
             )))
         }
+        Err(e) if is_full(&e) => Err(RepoError::Config(format!(
+            "cannot create directory {}: the disk is full (or your quota there is used up): free some space there, or restore into another disk with --target, and run the restore again",
+            p.display()
+        ))),
         Err(e) => Err(RepoError::Config(format!(
             "cannot create directory {}: {e}",
             p.display()
