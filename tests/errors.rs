@@ -686,12 +686,7 @@ fn a_restore_into_a_full_disk_stops_with_one_error() {
         .collect();
     let src = env.backed_up(&named);
     let target = small.join("restored");
-    let o = env.run([
-        std::ffi::OsStr::new("restore"),
-        "latest".as_ref(),
-        "--target".as_ref(),
-        target.as_os_str(),
-    ]);
+    let o = env.try_restore("latest", &target);
     assert_clean_error(&o, 1, "is full");
     assert!(stderr(&o).contains("--target"), "{}", stderr(&o));
     let back = target.join(src.strip_prefix("/").unwrap());
@@ -816,12 +811,7 @@ fn a_restore_that_fails_many_files_for_one_cause_says_so_briefly() {
     assert_eq!(packs.len(), 1, "{packs:?}");
     fs::remove_file(&packs[0]).unwrap();
     let dst = env.path("restored");
-    let o = env.run([
-        std::ffi::OsStr::new("restore"),
-        "latest".as_ref(),
-        "--target".as_ref(),
-        dst.as_os_str(),
-    ]);
+    let o = env.try_restore("latest", &dst);
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     let per_file = e

@@ -74,7 +74,12 @@ impl Env {
 
     /// `restore SPEC --target DST`, asserting success.
     pub fn restore(&self, spec: &str, dst: &Path) -> String {
-        self.ok([
+        assert_ok(&self.try_restore(spec, dst), "tiervault restore")
+    }
+
+    /// `restore SPEC --target DST`, which may fail.
+    pub fn try_restore(&self, spec: &str, dst: &Path) -> Output {
+        self.run([
             std::ffi::OsStr::new("restore"),
             spec.as_ref(),
             "--target".as_ref(),
