@@ -836,3 +836,35 @@ fn an_unwritable_cache_directory_says_to_choose_another() {
     assert_clean_error(&o, 1, "cannot be written");
     assert!(!stderr(&o).contains("delete"), "{}", stderr(&o));
 }
+
+/// An `--include` that matches nothing fails saying so (it had reported
+/// "0 files" and exit 0), and a directory in the way of a file is named
+/// as such (it had said "File exists").
+#[test]
+fn a_restore_that_matches_nothing_or_meets_a_directory_says_so() {
+    let env = Env::new();
+    let src = env.backed_up(&[("a.txt", b"a"), ("b.txt", b"b")]);
+    let dst = env.path("restored");
+    let o = env
+        .cmd()
+        .args(["restore", "latest", "--include", "*.pdf", "--target"])
+        .arg(&dst)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("nothing in the revision matched --include *.pdf"),
+        "{}",
+        stderr(&o)
+    );
+    let in_the_way = dst.join(src.strip_prefix("/").unwrap()).join("a.txt");
+    fs::create_dir_all(&in_the_way).unwrap();
+    let o = env.try_restore("latest", &dst);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("a directory of that name is in the way"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(fs::read(in_the_way.with_file_name("b.txt")).unwrap(), b"b");
+}

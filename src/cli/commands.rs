@@ -133,6 +133,12 @@ pub fn restore(s: &Settings, a: &RestoreArgs) -> anyhow::Result<i32> {
             started.elapsed().as_secs_f64()
         );
     }
+    if sum.errors == 0 && !a.includes.is_empty() && sum.files + sum.dirs + sum.others == 0 {
+        bail!(
+            "nothing in the revision matched --include {}, so nothing was restored; the patterns match the path inside the revision, the absolute original path, where `*` also matches `/` (say '*.pdf' or '/home/alice/src')",
+            a.includes.join(" --include ")
+        );
+    }
     if sum.errors > 0 {
         bail!(
             "{} item(s) could not be restored; see the errors above",

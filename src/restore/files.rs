@@ -206,7 +206,13 @@ fn write_content(
     node: &Node,
     got: &HashMap<BlobId, Chunk>,
 ) -> anyhow::Result<u64> {
-    let _ = std::fs::remove_file(path);
+    if let Err(e) = std::fs::remove_file(path) {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+            anyhow::bail!(
+                "a directory of that name is in the way (restore never replaces one; {e}); move it aside and run the restore again"
+            );
+        }
+    }
     let f = OpenOptions::new()
         .write(true)
         .create_new(true)
