@@ -337,12 +337,7 @@ fn corrupt_data_fails_loudly_and_check_names_it() {
     fs::write(pack, &bytes).unwrap();
 
     let dst = env.path("dst");
-    let o = env.run([
-        "restore",
-        &format!("latest:{}", src.display()),
-        "--target",
-        dst.to_str().unwrap(),
-    ]);
+    let o = env.try_restore(&format!("latest:{}", src.display()), &dst);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("damaged"), "{}", stderr(&o));
     assert!(
@@ -476,11 +471,7 @@ fn takeover_on_a_read_only_tier_fails_and_says_so() {
 #[test]
 fn a_lost_pack_is_stored_again_and_the_index_files_forget_it() {
     let env = Env::new();
-    env.init();
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("f1"), common::random_bytes(2 << 20, 11)).unwrap();
-    env.ok(["backup", src.to_str().unwrap()]);
+    let src = env.backed_up(&[("f1", &common::random_bytes(2 << 20, 11))]);
     fs::write(src.join("f2"), common::random_bytes(1 << 20, 12)).unwrap();
     env.ok(["backup", src.to_str().unwrap()]);
     let mut packs: Vec<_> = common::files_under(&env.repo.join("data"));
@@ -588,9 +579,7 @@ fn a_half_initialised_location_says_what_happened() {
 fn a_hard_link_to_a_file_that_failed_says_why() {
     let env = Env::new();
     env.init();
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("a"), common::random_bytes(200 << 10, 5)).unwrap();
+    let src = env.source(&[("a", &common::random_bytes(200 << 10, 5))]);
     fs::hard_link(src.join("a"), src.join("b")).unwrap();
     env.ok(["backup", src.to_str().unwrap()]);
     let repo = env.library();
@@ -598,12 +587,7 @@ fn a_hard_link_to_a_file_that_failed_says_why() {
     common::damage_blob(&repo, &env.repo, &chunk);
     drop(repo);
     let dst = env.path("dst");
-    let o = env.run([
-        "restore",
-        &format!("latest:{}", src.display()),
-        "--target",
-        dst.to_str().unwrap(),
-    ]);
+    let o = env.try_restore(&format!("latest:{}", src.display()), &dst);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("as the file it is a hard link of"), "{err}");

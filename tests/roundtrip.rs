@@ -322,20 +322,11 @@ fn a_pack_missing_from_the_tier_is_reported_once_and_never_deduplicated_against(
 #[test]
 fn a_symlink_in_the_way_of_a_directory_is_named() {
     let env = Env::new();
-    env.init();
-    let src = env.path("src");
-    fs::create_dir_all(src.join("d")).unwrap();
-    fs::write(src.join("d/f"), "x").unwrap();
-    env.ok(["backup", src.to_str().unwrap()]);
+    let src = env.backed_up(&[("d/f", b"x")]);
     let dst = env.path("dst");
     fs::create_dir_all(&dst).unwrap();
     std::os::unix::fs::symlink("/tmp", dst.join("d")).unwrap();
-    let o = env.run([
-        "restore",
-        &format!("latest:{}", src.display()),
-        "--target",
-        dst.to_str().unwrap(),
-    ]);
+    let o = env.try_restore(&format!("latest:{}", src.display()), &dst);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
@@ -350,8 +341,7 @@ fn a_symlink_in_the_way_of_a_directory_is_named() {
 fn a_time_shared_by_two_revisions_lists_their_names() {
     let env = Env::new();
     env.init();
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
+    let src = env.source(&[]);
     // Backups of a tiny tree take milliseconds; a few tries give two in
     // the same second.
     let mut shared = None;

@@ -330,17 +330,8 @@ impl Repository {
         }
         // The first `tierstate` names this installation: a state directory
         // that cannot hold its id fails `init` before anything is written.
-        {
-            use crate::tier::set::LocalState;
-            let root = default_state_root();
-            LocalTiers {
-                file: root.join("tiers.json"),
-                sessions: root.join("sessions"),
-                installation: root.join("installation"),
-            }
-            .installation()
+        installation_id(&default_state_root().join("installation"))
             .map_err(|m| RepoError::Writer(crate::tier::set::WriteError::StateDir(m)))?;
-        }
         // And a cache that cannot open fails it before anything is written.
         crate::index::check_room(cache_root)?;
         let keys = Keys::random(password.is_some());
@@ -955,60 +946,66 @@ impl LocalTiers {
     }
 }
 
+/// This installation's id in `path`, made and recorded on first use (see
+/// `LocalState::installation`): an error says why it cannot be read or
+/// recorded, and what to do.
+fn installation_id(path: &Path) -> std::result::Result<String, String> {
+    let unwritable = |e: std::io::Error| {
+        format!(
+            "cannot record this installation's id in {}: {e}; a command that writes needs a \
+             writable state directory: set TIERVAULT_STATE_DIR to one, the same for every \
+             backup (see \"The state directory\" in the user guide)",
+            path.display()
+        )
+    };
+    match std::fs::read(path) {
+        Ok(b) => {
+            let id = String::from_utf8_lossy(&b).trim().to_string();
+            let sound = (1..=64).contains(&id.len())
+                && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-');
+            if sound {
+                return Ok(id);
+            }
+            return Err(format!(
+                "this installation's id in {} is damaged ({} bytes that are not an id): put \
+                 the file back from a copy, or, if it is lost, delete it and run `tiervault \
+                 takeover` to make this machine the writer again",
+                path.display(),
+                b.len()
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(unwritable(e)),
+    }
+    let id = hex::encode(rand::random::<[u8; 16]>());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(unwritable)?;
+    }
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let made = std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(id.as_bytes())?;
+            f.sync_all()
+        })
+        // A link never replaces: of two processes making an id at
+        // once, the first one's stays, and both use it.
+        .and_then(|()| match std::fs::hard_link(&tmp, path) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            // A file system without hard links: renamed, the last wins.
+            Err(_) => std::fs::rename(&tmp, path),
+            Ok(()) => Ok(()),
+        });
+    let _ = std::fs::remove_file(&tmp);
+    made.map_err(unwritable)?;
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(unwritable)
+}
+
 impl crate::tier::set::LocalState for LocalTiers {
     fn installation(&self) -> std::result::Result<String, String> {
-        let path = &self.installation;
-        let unwritable = |e: std::io::Error| {
-            format!(
-                "cannot record this installation's id in {}: {e}; a command that writes needs a \
-                 writable state directory: set TIERVAULT_STATE_DIR to one, the same for every \
-                 backup (see \"The state directory\" in the user guide)",
-                path.display()
-            )
-        };
-        match std::fs::read(path) {
-            Ok(b) => {
-                let id = String::from_utf8_lossy(&b).trim().to_string();
-                let sound = (1..=64).contains(&id.len())
-                    && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-');
-                if sound {
-                    return Ok(id);
-                }
-                return Err(format!(
-                    "this installation's id in {} is damaged ({} bytes that are not an id): put \
-                     the file back from a copy, or, if it is lost, delete it and run `tiervault \
-                     takeover` to make this machine the writer again",
-                    path.display(),
-                    b.len()
-                ));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(unwritable(e)),
-        }
-        let id = hex::encode(rand::random::<[u8; 16]>());
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(unwritable)?;
-        }
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        let made = std::fs::File::create(&tmp)
-            .and_then(|mut f| {
-                use std::io::Write;
-                f.write_all(id.as_bytes())?;
-                f.sync_all()
-            })
-            // A link never replaces: of two processes making an id at
-            // once, the first one's stays, and both use it.
-            .and_then(|()| match std::fs::hard_link(&tmp, path) {
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-                // A file system without hard links: renamed, the last wins.
-                Err(_) => std::fs::rename(&tmp, path),
-                Ok(()) => Ok(()),
-            });
-        let _ = std::fs::remove_file(&tmp);
-        made.map_err(unwritable)?;
-        std::fs::read_to_string(path)
-            .map(|s| s.trim().to_string())
-            .map_err(unwritable)
+        installation_id(&self.installation)
     }
     fn host(&self) -> String {
         hostname()

@@ -127,7 +127,7 @@ pub fn run(
     let (tx, rx) = bounded::<FileJob>(256);
     let mut summary = RestoreSummary::default();
     // The scope ends only when every worker has drained the queue.
-    let (links, dirs, others) = std::thread::scope(|s| -> Result<_> {
+    let walked = std::thread::scope(|s| -> Result<_> {
         for _ in 0..opts.workers.max(1) {
             let (rx, repo, recent, c) = (rx.clone(), &repo, &recent, &counters);
             s.spawn(move || files::worker(repo, recent, &rx, c));
@@ -154,14 +154,8 @@ pub fn run(
         };
         walked?;
         Ok((w.pending_links, w.dirs, w.others))
-    })
-    .or_else(|e| {
-        if counters.full.load(Ordering::Relaxed) {
-            Ok(Default::default())
-        } else {
-            Err(e)
-        }
-    })?;
+    });
+    // A full target stops the walk too; its own error says which.
     if counters.full.load(Ordering::Relaxed) {
         return Err(RepoError::Config(format!(
             "the disk of {} is full (or your quota there is used up) after {} file(s) were restored: free some space there, or restore into another disk with --target, and run the restore again (it replaces what is already there)",
@@ -169,6 +163,7 @@ pub fn run(
             counters.files.load(Ordering::Relaxed)
         )));
     }
+    let (links, dirs, others) = walked?;
     summary.others = others;
     summary.dirs = dirs.len() as u64;
     for (first, path) in links {

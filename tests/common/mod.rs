@@ -91,12 +91,21 @@ impl Env {
     /// and one backup of it; returns the source path.
     pub fn backed_up(&self, files: &[(&str, &[u8])]) -> PathBuf {
         self.init();
+        let src = self.source(files);
+        self.ok([std::ffi::OsStr::new("backup"), src.as_os_str()]);
+        src
+    }
+
+    /// A source directory `src` holding `files` (names may hold `/`);
+    /// returns its path.
+    pub fn source(&self, files: &[(&str, &[u8])]) -> PathBuf {
         let src = self.path("src");
         std::fs::create_dir_all(&src).unwrap();
         for (name, data) in files {
-            std::fs::write(src.join(name), data).unwrap();
+            let p = src.join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, data).unwrap();
         }
-        self.ok([std::ffi::OsStr::new("backup"), src.as_os_str()]);
         src
     }
 
