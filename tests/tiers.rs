@@ -501,3 +501,50 @@ fn a_sync_with_another_state_directory_does_not_stop_the_backups() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// A tier whose `tierstate` is damaged is online at an unknown revision:
+/// `tiers` says so and why, backups leave it out saying why, and `sync`
+/// brings it back with a sound `tierstate`.
+#[test]
+fn a_damaged_tierstate_is_an_unknown_revision_that_sync_mends() {
+    let env = Env::new();
+    let (a, b, cache) = two_tiers(&env);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    random_file(&src.join("first"), 1 << 16);
+    ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+    fs::write(b.join("tierstate"), "not json\n").unwrap();
+    let tiers = |cache: &Path| -> Vec<serde_json::Value> {
+        let out = ok(tv(&[&a, &b], cache).args(["tiers", "--json"]));
+        let tiers = json(&String::from_utf8_lossy(&out.stdout));
+        tiers.as_array().unwrap().clone()
+    };
+    let t = &tiers(&cache)[1];
+    assert_eq!(t["online"], true, "{t}");
+    assert_eq!(t["synchronised"], false, "{t}");
+    assert!(t["revision"].is_null(), "{t}");
+    assert!(
+        t["last_error"].as_str().unwrap().contains("tierstate"),
+        "{t}"
+    );
+    random_file(&src.join("second"), 1 << 16);
+    let o = ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("its revision cannot be read") && err.contains("tiervault sync"),
+        "{err}"
+    );
+    ok(tv(&[&a, &b], &cache).arg("sync"));
+    let both = tiers(&cache);
+    assert_eq!(both[1]["synchronised"], true, "{both:?}");
+    assert!(both[1]["revision"].as_u64().unwrap() > 0, "{both:?}");
+    assert_eq!(both[1]["revision"], both[0]["revision"], "{both:?}");
+    let out = ok(tv(&[&b], &cache).args(["revisions", "--json"]));
+    assert_eq!(
+        json(&String::from_utf8_lossy(&out.stdout))
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}

@@ -47,19 +47,11 @@ fn check_tiers(tiers: &[TierSpec]) -> anyhow::Result<()> {
     for t in tiers {
         let loc = t.location.as_str();
         anyhow::ensure!(
-            !loc.trim().is_empty(),
+            !t.local_path().unwrap_or(loc).trim().is_empty(),
             "a tier location is empty: give a directory, an sftp:// or an s3:// location"
         );
-        let key = if loc.contains("://") {
-            // The same bucket at two providers is two places.
-            format!(
-                "{} {:?} {:?}",
-                loc.trim_end_matches('/'),
-                t.endpoint,
-                t.region
-            )
-        } else {
-            let p = std::path::absolute(loc).unwrap_or_else(|_| PathBuf::from(loc));
+        let key = if let Some(path) = t.local_path() {
+            let p = std::path::absolute(path).unwrap_or_else(|_| PathBuf::from(path));
             if let Ok(m) = std::fs::metadata(&p) {
                 anyhow::ensure!(
                     m.is_dir(),
@@ -68,6 +60,14 @@ fn check_tiers(tiers: &[TierSpec]) -> anyhow::Result<()> {
             }
             let p = std::fs::canonicalize(&p).unwrap_or(p);
             p.components().collect::<PathBuf>().display().to_string()
+        } else {
+            // The same bucket at two providers is two places.
+            format!(
+                "{} {:?} {:?}",
+                loc.trim_end_matches('/'),
+                t.endpoint,
+                t.region
+            )
         };
         if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
             anyhow::bail!(
@@ -342,10 +342,18 @@ mod tests {
             ],
             ["sftp://me@host/srv/a", "sftp://me@host/srv/a/"],
             ["/nonexistent/x", "/nonexistent/./x/"],
+            ["/nonexistent/x", "file:///nonexistent/x"],
         ];
         for pair in twice {
             let e = check(&pair).unwrap_err().to_string();
             assert!(e.contains("name each tier once"), "{pair:?}: {e}");
         }
+        let e = check(&["file://"]).unwrap_err().to_string();
+        assert!(e.contains("is empty"), "{e}");
+        let file = std::env::current_exe().unwrap();
+        let e = check(&[&format!("file://{}", file.display())])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is a file"), "{e}");
     }
 }

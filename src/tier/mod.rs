@@ -167,6 +167,17 @@ fn de_rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Err
 }
 
 impl TierSpec {
+    /// The directory of a local tier (a plain path or `file://PATH`);
+    /// None for a remote one.
+    pub fn local_path(&self) -> Option<&str> {
+        let loc = self.location.as_str();
+        match loc.split_once("://") {
+            None => Some(loc),
+            Some(("file", path)) => Some(path),
+            Some(_) => None,
+        }
+    }
+
     /// A spec from `-r LOCATION[?option=value&...]`.
     pub fn parse(loc: &str) -> Result<Self, TierError> {
         let (location, query) = match loc.split_once('?') {
@@ -299,12 +310,11 @@ fn accepted(
 /// Opens the backend for one tier.
 pub fn open_spec(spec: &TierSpec) -> Result<Box<dyn Tier>, TierError> {
     let loc = spec.location.as_str();
-    match loc.split_once("://").map(|(s, _)| s) {
-        None | Some("file") => {
-            let path = loc.strip_prefix("file://").unwrap_or(loc);
-            Ok(Box::new(local::LocalTier::new(path)))
-        }
-        Some("sftp" | "s3") => Ok(Box::new(remote::RemoteTier::open(loc, spec)?)),
-        Some(_) => Err(TierError::UnsupportedLocation(loc.to_string())),
+    if let Some(path) = spec.local_path() {
+        return Ok(Box::new(local::LocalTier::new(path)));
+    }
+    match loc.split_once("://") {
+        Some(("sftp" | "s3", _)) => Ok(Box::new(remote::RemoteTier::open(loc, spec)?)),
+        _ => Err(TierError::UnsupportedLocation(loc.to_string())),
     }
 }

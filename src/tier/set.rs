@@ -600,6 +600,9 @@ impl TierSet {
     /// Reads every tier's revision: marks tiers offline or behind, and
     /// returns the highest revision with the tiers that hold it.
     pub fn refresh(&self) -> Vec<Option<TierState>> {
+        // Online tiers whose revision could not be read (a damaged
+        // `tierstate`): unknown, so not synchronised; `sync` rewrites it.
+        let mut unknown = vec![false; self.members.len()];
         let states: Vec<Option<TierState>> = (0..self.members.len())
             .map(|i| {
                 // A tier found offline moments ago is not asked again
@@ -621,6 +624,7 @@ impl TierSet {
                             self.mark_offline(i, &e);
                         } else {
                             self.state(i).last_error = Some(e.to_string());
+                            unknown[i] = true;
                         }
                         None
                     }
@@ -632,8 +636,8 @@ impl TierSet {
             let mut s = self.state(i);
             if s.online {
                 let rev = st.as_ref().map_or(0, |t| t.revision);
-                s.revision = Some(rev);
-                s.synced = rev == max;
+                s.revision = (!unknown[i]).then_some(rev);
+                s.synced = !unknown[i] && rev == max;
             }
         }
         states
@@ -709,16 +713,21 @@ impl TierSet {
         // Said on every write, so a scheduled backup's log shows a copy
         // going stale, not only the backup at which it fell behind.
         for (i, m) in self.members.iter().enumerate() {
-            let (online, synced) = {
+            let (online, synced, revision, error) = {
                 let s = self.state(i);
-                (s.online, s.synced)
+                (s.online, s.synced, s.revision, s.last_error.clone())
             };
             if online && !synced {
-                let revision = states[i].as_ref().map_or(0, |t| t.revision);
+                let at = match (revision, error) {
+                    (Some(r), _) => format!("at revision {r} of {}", next - 1),
+                    (None, e) => format!(
+                        "its revision cannot be read: {}",
+                        e.as_deref().unwrap_or("unknown error")
+                    ),
+                };
                 errln!(
-                    "warning: tier {} is behind (at revision {revision} of {}) and is not written; run `tiervault sync` to bring it up to date",
+                    "warning: tier {} is behind ({at}) and is not written; run `tiervault sync` to bring it up to date",
                     m.tier.name(),
-                    next - 1
                 );
             }
         }
