@@ -852,3 +852,64 @@ fn a_restore_that_matches_nothing_or_meets_a_directory_says_so() {
     );
     assert_eq!(fs::read(in_the_way.with_file_name("b.txt")).unwrap(), b"b");
 }
+
+/// Damage in the local index (bit rot under the cache) fails only the
+/// lookups that meet it, each saying the cache is rebuilt; the next command
+/// rebuilds it from the tiers and restores everything.
+#[test]
+fn a_damaged_cache_is_rebuilt_from_the_tiers_by_the_next_command() {
+    let env = Env::new();
+    let files: Vec<(String, Vec<u8>)> = (0..2000)
+        .map(|i| (format!("f{i}"), common::random_bytes(100 + i * 7, i as u64)))
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    let src = env.backed_up(&refs);
+    // Flip bytes in the first half of the large table files (the blob
+    // table and the backup's file cache): their data blocks are read by
+    // lookups, their index blocks, at the end, when the index opens.
+    let tables: Vec<_> = common::files_under(&env.cache)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "sst"))
+        .filter(|p| fs::metadata(p).unwrap().len() > 64 << 10)
+        .collect();
+    assert_eq!(tables.len(), 2, "{tables:?}");
+    for t in &tables {
+        let mut b = fs::read(t).unwrap();
+        let half = b.len() / 2;
+        for i in (100..half).step_by(1000) {
+            b[i] ^= 0xff;
+        }
+        fs::write(t, b).unwrap();
+    }
+    let first = env.try_restore("latest", &env.path("r1"));
+    let e = stderr(&first);
+    assert_eq!(first.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("is damaged") && e.contains("run the command again"),
+        "{e}"
+    );
+    let dst = env.path("r2");
+    let second = env.try_restore("latest", &dst);
+    let e = stderr(&second);
+    assert!(second.status.success(), "{e}");
+    assert!(e.contains("rebuilding it from the tiers"), "{e}");
+    for (name, bytes) in &files {
+        let got = fs::read(dst.join(src.strip_prefix("/").unwrap()).join(name)).unwrap();
+        assert!(got == *bytes, "{name} differs");
+    }
+    // Rebuilt once: the command after it opens the cache without a word.
+    let o = env.run(["revisions"]);
+    assert!(o.status.success() && o.stderr.is_empty(), "{}", stderr(&o));
+    // Damage that stops the index from opening is mended at once.
+    let current = tables[0].with_file_name("CURRENT");
+    fs::write(&current, "garbage").unwrap();
+    let dst = env.path("r3");
+    let third = env.try_restore("latest", &dst);
+    let e = stderr(&third);
+    assert!(third.status.success(), "{e}");
+    assert!(e.contains("rebuilding it from the tiers"), "{e}");
+    assert_eq!(common::files_under(&dst).len(), files.len());
+}

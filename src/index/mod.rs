@@ -33,10 +33,8 @@ pub enum IndexError {
     Full { path: PathBuf, free: u64 },
     #[error("the local cache at {path} cannot be written ({msg}): give tiervault a --cache-dir (TIERVAULT_CACHE_DIR) this user can write; the cache is rebuilt from the tiers")]
     Unwritable { path: PathBuf, msg: String },
-    #[error(
-        "local cache entry is corrupt ({0}); delete the cache directory and run the command again"
-    )]
-    Corrupt(#[from] FormatError),
+    #[error("the local cache at {path} is damaged ({msg}); it is only a cache, and the next command rebuilds it from the tiers: run the command again")]
+    Damaged { path: PathBuf, msg: String },
     #[error("an earlier write to the local cache failed; no further writes until it is reopened")]
     PreviousFailure,
 }
@@ -159,10 +157,50 @@ const UNWRITABLE: [&str; 4] = [
     "File exists",
 ];
 
+fn decode_file(v: &[u8]) -> Result<FileCacheEntry, FormatError> {
+    let mut d = Dec::new(v);
+    let inode = d.u64()?;
+    let size = d.u64()?;
+    let mtime = Timestamp {
+        sec: d.i64()?,
+        nsec: d.u32()?,
+    };
+    let ctime = Timestamp {
+        sec: d.i64()?,
+        nsec: d.u32()?,
+    };
+    let segments = decode_segments(&mut d)?;
+    Ok(FileCacheEntry {
+        inode,
+        size,
+        mtime,
+        ctime,
+        segments,
+    })
+}
+
+/// A file in the index directory that asks the next [`Index::open`] to
+/// empty the index: a command met damage in it, which RocksDB reports only
+/// when it reads the damaged block.
+const REBUILD: &str = "REBUILD";
+
+/// The error for damage found in the index at `path`, which is marked to
+/// be rebuilt when next opened.
+fn damaged(path: &Path, msg: String) -> IndexError {
+    // Best effort: without the mark the error still says what happened.
+    let _ = std::fs::write(path.join(REBUILD), &msg);
+    IndexError::Damaged {
+        path: path.into(),
+        msg,
+    }
+}
+
 /// The error for a RocksDB failure at `path`: a full disk, or a place
-/// this user cannot write, says so.
+/// this user cannot write, says so; damage marks the index for rebuilding.
 fn rocks_error(path: &Path, msg: String) -> IndexError {
-    if msg.contains("No space left on device") || msg.contains("Disk quota exceeded") {
+    if msg.contains("Corruption") {
+        damaged(path, msg)
+    } else if msg.contains("No space left on device") || msg.contains("Disk quota exceeded") {
         IndexError::Full {
             path: path.into(),
             free: free_bytes(path).unwrap_or(0),
@@ -213,25 +251,68 @@ impl Index {
         })?;
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_block_cache(&cache);
-        let cfs = CFS.iter().map(|n| {
+        let cf_opts = || {
             let mut o = Options::default();
             o.set_write_buffer_size(16 << 20);
             o.set_block_based_table_factory(&table);
-            ColumnFamilyDescriptor::new(*n, o)
-        });
-        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {
-            let msg = e.to_string();
-            if msg.contains("lock") && (msg.contains("unavailable") || msg.contains("Resource")) {
-                IndexError::Locked { path: path.into() }
-            } else {
-                rocks_error(path, msg)
+            o
+        };
+        let open = || {
+            let cfs = CFS
+                .iter()
+                .map(|n| ColumnFamilyDescriptor::new(*n, cf_opts()));
+            DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {
+                let msg = e.to_string();
+                if msg.contains("lock") && (msg.contains("unavailable") || msg.contains("Resource"))
+                {
+                    IndexError::Locked { path: path.into() }
+                } else {
+                    rocks_error(path, msg)
+                }
+            })
+        };
+        let mut db = match open() {
+            // RocksDB takes its lock before it reads anything, so no other
+            // process has this index open: it is emptied and made anew.
+            Err(IndexError::Damaged { msg, .. }) => {
+                errln!(
+                    "warning: the local cache at {} is damaged ({msg}); rebuilding it from the tiers",
+                    path.display()
+                );
+                std::fs::remove_dir_all(path)
+                    .and_then(|()| std::fs::create_dir_all(path))
+                    .map_err(|e| rocks_error(path, e.to_string()))?;
+                open()?
             }
-        })?;
+            r => r?,
+        };
+        // Damage met by an earlier command: the column families are
+        // dropped (with their files) and made empty, under RocksDB's lock.
+        if let Ok(why) = std::fs::read_to_string(path.join(REBUILD)) {
+            errln!(
+                "warning: the local cache at {} was found damaged ({}); rebuilding it from the tiers",
+                path.display(),
+                why.trim()
+            );
+            for n in CFS {
+                db.drop_cf(n)
+                    .map_err(|e| rocks_error(path, e.to_string()))?;
+                db.create_cf(n, &cf_opts())
+                    .map_err(|e| rocks_error(path, e.to_string()))?;
+            }
+            std::fs::remove_file(path.join(REBUILD))
+                .map_err(|e| rocks_error(path, e.to_string()))?;
+        }
         Ok(Self {
             db,
             path: path.into(),
             failed: AtomicBool::new(false),
         })
+    }
+
+    /// The error for a value in the index that does not decode.
+    fn damaged(&self, e: FormatError) -> IndexError {
+        damaged(&self.path, e.to_string())
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -260,7 +341,7 @@ impl Index {
 
     pub fn blob(&self, id: &BlobId) -> Result<Option<BlobLoc>, IndexError> {
         match self.get("blobs", &id.0)? {
-            Some(v) => Ok(Some(decode_loc(*id, &v)?)),
+            Some(v) => Ok(Some(decode_loc(*id, &v).map_err(|e| self.damaged(e))?)),
             None => Ok(None),
         }
     }
@@ -300,7 +381,9 @@ impl Index {
         let Some(v) = self.get("packs", &pack.0)? else {
             return Ok(None);
         };
-        Ok(Some(pack_value(&v).ok_or(FormatError::Truncated)?))
+        Ok(Some(
+            pack_value(&v).ok_or_else(|| self.damaged(FormatError::Truncated))?,
+        ))
     }
 
     /// Removes packs, and the blobs they hold, from the index (a pack that
@@ -344,7 +427,7 @@ impl Index {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf("packs"), IteratorMode::Start) {
             let (k, _) = item.map_err(|e| self.rerr(e))?;
-            out.push(pack_key(&k)?);
+            out.push(pack_key(&k).map_err(|e| self.damaged(e))?);
         }
         Ok(out)
     }
@@ -373,25 +456,7 @@ impl Index {
         let Some(v) = self.get("files", path)? else {
             return Ok(None);
         };
-        let mut d = Dec::new(&v);
-        let inode = d.u64()?;
-        let size = d.u64()?;
-        let mtime = Timestamp {
-            sec: d.i64()?,
-            nsec: d.u32()?,
-        };
-        let ctime = Timestamp {
-            sec: d.i64()?,
-            nsec: d.u32()?,
-        };
-        let segments = decode_segments(&mut d)?;
-        Ok(Some(FileCacheEntry {
-            inode,
-            size,
-            mtime,
-            ctime,
-            segments,
-        }))
+        decode_file(&v).map(Some).map_err(|e| self.damaged(e))
     }
 
     pub fn put_file(&self, path: &[u8], f: &FileCacheEntry) -> Result<(), IndexError> {
