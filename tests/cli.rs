@@ -86,6 +86,22 @@ fn config_file_names_tiers_password_and_cache() {
         e.contains("tiervault.toml") && e.contains("pasword_file"),
         "{e}"
     );
+    // A key of the whole file written after a [[tier]] belongs to that
+    // tier; the message says where it goes.
+    fs::write(
+        &cfg,
+        format!("[[tier]]\nlocation = {a:?}\ncache_dir = {cache:?}\n"),
+    )
+    .unwrap();
+    let o = tv()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("revisions")
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(e.contains("go before the first [[tier]]"), "{e}");
 }
 
 #[test]

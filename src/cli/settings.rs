@@ -90,8 +90,19 @@ impl Settings {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("cannot read config file {}", p.display()))?;
-                toml::from_str::<ConfigFile>(&text)
-                    .with_context(|| format!("config file {} is invalid", p.display()))?
+                toml::from_str::<ConfigFile>(&text).map_err(|e| {
+                    // TOML puts every key after `[[tier]]` into that tier.
+                    let misplaced = ["cache_dir", "password_file", "password_command"]
+                        .iter()
+                        .any(|k| e.message().contains(&format!("unknown field `{k}`")));
+                    let hint = if misplaced {
+                        "\n(the keys of the whole file go before the first [[tier]]: after it, they belong to that tier)"
+                    } else {
+                        ""
+                    };
+                    let e = e.to_string();
+                    anyhow::anyhow!("config file {} is invalid: {}{hint}", p.display(), e.trim_end())
+                })?
             }
             None => ConfigFile::default(),
         };
