@@ -46,6 +46,31 @@ const BY_HOST: u64 = 4;
 const BY_TAG: u64 = 5;
 const HISTORY: u64 = 6;
 const REFRESH: Duration = Duration::from_secs(2);
+
+/// The bytes of a read: a part of one decoded chunk, shared with the chunk
+/// cache (no copy), or assembled from several chunks and holes.
+#[derive(Debug)]
+pub enum ReadData {
+    Shared(Arc<Vec<u8>>, std::ops::Range<usize>),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for ReadData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReadData::Shared(chunk, range) => &chunk[range.clone()],
+            ReadData::Owned(v) => v,
+        }
+    }
+}
+
+impl<T: AsRef<[u8]> + ?Sized> PartialEq<T> for ReadData {
+    fn eq(&self, other: &T) -> bool {
+        **self == *other.as_ref()
+    }
+}
+
 /// Inode numbers below this are the fixed entries; they are never dropped.
 const FIRST_DYNAMIC: u64 = 16;
 /// Marks a handle as the shared one of an inode (`shared_handle`); handles
@@ -1568,7 +1593,7 @@ impl FsCore {
 
     /// Reads up to `size` bytes at `offset` if every chunk it needs is in
     /// memory, without touching storage; `None` otherwise.
-    pub fn read_cached(&self, fh: u64, offset: u64, size: usize) -> Option<Vec<u8>> {
+    pub fn read_cached(&self, fh: u64, offset: u64, size: usize) -> Option<ReadData> {
         let f = self.file_in(fh, true).ok()??;
         let got = self
             .read_with(&f, offset, size, |id| Ok(self.chunks.cached(id)))
@@ -1709,7 +1734,7 @@ impl FsCore {
     /// Reads up to `size` bytes at `offset`; holes read as zeros. A chunk
     /// that cannot be read or verified fails this read only, and is logged
     /// with the file's path.
-    pub fn read(&self, fh: u64, offset: u64, size: usize) -> FsResult<Vec<u8>> {
+    pub fn read(&self, fh: u64, offset: u64, size: usize) -> FsResult<ReadData> {
         let f = self.file(fh)?;
         self.reads_fetched.fetch_add(1, Ordering::Relaxed);
         let out = self.read_with(&f, offset, size, |id| self.chunks.get(id).map(Some))?;
@@ -1724,9 +1749,9 @@ impl FsCore {
         offset: u64,
         size: usize,
         get: impl Fn(&BlobId) -> FsResult<Option<Arc<Vec<u8>>>>,
-    ) -> FsResult<Option<Vec<u8>>> {
+    ) -> FsResult<Option<ReadData>> {
         if offset >= f.size {
-            return Ok(Some(Vec::new()));
+            return Ok(Some(ReadData::Owned(Vec::new())));
         }
         let (mut i, end) = Self::span(f, offset, size);
         let mut last = i;
@@ -1734,6 +1759,22 @@ impl FsCore {
             last += 1;
         }
         self.read_ahead(f, offset, last, end);
+        let fetch = |i: usize, id: &BlobId| {
+            get(id).inspect_err(|e| {
+                errln!(
+                    "tiervault mount: cannot read {} at offset {}: {e}",
+                    self.path_of(f.ino),
+                    f.starts[i]
+                )
+            })
+        };
+        // Most reads lie within one chunk: answered from the chunk itself.
+        if let (true, Segment::Data { id, .. }) = (last == i, &f.segments[i]) {
+            let start = f.starts[i];
+            return Ok(fetch(i, id)?.map(|data| {
+                ReadData::Shared(data, (offset - start) as usize..(end - start) as usize)
+            }));
+        }
         let mut out = Vec::with_capacity((end - offset) as usize);
         let mut pos = offset;
         while pos < end {
@@ -1743,13 +1784,7 @@ impl FsCore {
             match seg {
                 Segment::Hole { .. } => out.resize(out.len() + (upto - pos) as usize, 0),
                 Segment::Data { id, .. } => {
-                    let data = get(id).inspect_err(|e| {
-                        errln!(
-                            "tiervault mount: cannot read {} at offset {start}: {e}",
-                            self.path_of(f.ino)
-                        )
-                    })?;
-                    let Some(data) = data else {
+                    let Some(data) = fetch(i, id)? else {
                         return Ok(None);
                     };
                     out.extend_from_slice(&data[(pos - start) as usize..(upto - start) as usize]);
@@ -1758,7 +1793,7 @@ impl FsCore {
             pos = upto;
             i += 1;
         }
-        Ok(Some(out))
+        Ok(Some(ReadData::Owned(out)))
     }
 
     /// `SEEK_DATA` / `SEEK_HOLE` over the file's segments.
