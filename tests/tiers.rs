@@ -548,3 +548,59 @@ fn a_damaged_tierstate_is_an_unknown_revision_that_sync_mends() {
         2
     );
 }
+
+/// A tier that holds another repository (one with the same password at a
+/// mistyped path, a share mounted in the wrong place) is left out with a
+/// warning, whatever its place in the list: nothing is written or synced to
+/// it, and the repository this machine's cache knows is the one used.
+#[test]
+fn a_tier_holding_another_repository_is_left_out_untouched() {
+    let env = Env::new();
+    let (mine, theirs) = (env.path("mine"), env.path("theirs"));
+    let (cache, other) = (env.path("cache"), env.path("other-cache"));
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    random_file(&src.join("first"), 1 << 16);
+    for (tier, cache) in [(&mine, &cache), (&theirs, &other)] {
+        ok(tv(&[tier], cache).args(["init", "--kdf-memory", "1024", "--kdf-iterations", "1"]));
+        ok(tv(&[tier], cache).arg("backup").arg(&src));
+    }
+    let snapshot = |root: &Path| -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut v: Vec<_> = files_under(root)
+            .into_iter()
+            .map(|p| (p.clone(), fs::read(&p).unwrap()))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = snapshot(&theirs);
+    random_file(&src.join("second"), 1 << 16);
+    // Theirs listed first: still left out, for this cache knows mine.
+    let o = ok(tv(&[&theirs, &mine], &cache).arg("backup").arg(&src));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("holds another repository"), "{err}");
+    let o = ok(tv(&[&theirs, &mine], &cache).arg("sync"));
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("still behind"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = ok(tv(&[&theirs, &mine], &cache).args(["tiers", "--json"]));
+    let tiers = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(tiers[0]["other_repository"], true, "{tiers}");
+    assert_eq!(tiers[0]["online"], false, "{tiers}");
+    assert_eq!(tiers[1]["synchronised"], true, "{tiers}");
+    assert!(snapshot(&theirs) == before, "the other repository changed");
+    // Each repository is whole, with its own revisions.
+    let count = |tiers: &[&Path], cache: &Path| {
+        let out = ok(tv(tiers, cache).args(["--json", "revisions"]));
+        json(&String::from_utf8_lossy(&out.stdout))
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(count(&[&mine], &cache), 2);
+    assert_eq!(count(&[&mine, &theirs], &other), 1);
+    ok(tv(&[&mine], &cache).args(["check", "--read-data"]));
+    ok(tv(&[&theirs], &other).args(["check", "--read-data"]));
+}

@@ -38,6 +38,7 @@ pub fn tiers(s: &Settings, a: &super::args::TiersArgs) -> anyhow::Result<i32> {
     }
     for (t, l) in status.iter().zip(&lacks) {
         let state = match (t.online, t.synchronised) {
+            _ if t.other_repository => "left out: it holds another repository".to_string(),
             (false, _) => "offline".to_string(),
             (true, true) => "online, synchronised".to_string(),
             (true, false) => match l {
@@ -93,7 +94,7 @@ pub fn sync(s: &Settings) -> anyhow::Result<i32> {
         .tiers()
         .status(false)
         .into_iter()
-        .filter(|t| !t.synchronised)
+        .filter(|t| !t.synchronised && !t.other_repository)
         .map(|t| {
             let why = if t.online { "online" } else { "offline" };
             format!("{} ({why})", t.name)

@@ -392,6 +392,19 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         };
+        // Tiers that hold another repository are left out before anything
+        // else is read; the one this machine's cache knows wins.
+        let config = match store.as_set() {
+            Some(set) => {
+                let id = set.expect_repository(&config.id, &|id| cache_root.join(id).exists());
+                if id == config.id {
+                    config
+                } else {
+                    get_parsed(store.as_ref(), names::CONFIG, parse_config)?
+                }
+            }
+            None => config,
+        };
         if config.version > FORMAT_VERSION {
             return Err(RepoError::Corrupt {
                 object: "config".into(),
@@ -481,6 +494,7 @@ impl Repository {
         } else {
             Box::new(crate::tier::TierSet::new(vec![store]))
         };
+
         let repo = Self {
             store,
             keys,

@@ -52,6 +52,8 @@ pub struct Status {
     pub throughput_mib_s: Option<f64>,
     pub priority: Option<i32>,
     pub last_error: Option<String>,
+    /// It holds another repository, and is left out.
+    pub other_repository: bool,
 }
 
 struct Member {
@@ -70,6 +72,12 @@ struct MemberState {
     throughput: Option<f64>,
     last_error: Option<String>,
     offline_since: Option<Instant>,
+    /// Its `config` was read and names this repository (or it has none
+    /// yet: a new tier). Checked before a tier is first counted online.
+    verified: bool,
+    /// It holds another repository (a wrong path, a share mounted in the
+    /// wrong place): never read, written or synchronised.
+    foreign: bool,
 }
 
 /// Why a write session cannot start.
@@ -124,6 +132,8 @@ pub struct TierSet {
     left_open: Mutex<Vec<String>>,
     /// The local state of the current write session.
     local: Mutex<Option<std::sync::Arc<dyn LocalState>>>,
+    /// The id of the repository the tiers must hold (`expect_repository`).
+    repo_id: std::sync::OnceLock<String>,
 }
 
 fn ewma(old: Option<f64>, new: f64) -> Option<f64> {
@@ -165,6 +175,86 @@ impl TierSet {
             uncertain: AtomicBool::new(false),
             left_open: Mutex::new(Vec::new()),
             local: Mutex::new(None),
+            repo_id: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Decides which repository the tiers must hold, and leaves out (with
+    /// a warning) every online tier whose `config` names another one: a
+    /// repository with the same password elsewhere on a server, or a share
+    /// mounted in the wrong place. Nothing is read from such a tier, and
+    /// nothing is written or synchronised to it. A tier offline now is
+    /// checked when it comes back. The repository is the first one
+    /// (in the tiers' order) that `known` knows, else `fallback`.
+    pub fn expect_repository(&self, fallback: &str, known: &dyn Fn(&str) -> bool) -> String {
+        let ids: Vec<(usize, Result<Option<String>, ()>)> = (0..self.members.len())
+            .filter(|&i| self.state(i).online)
+            .map(|i| (i, self.config_id(i)))
+            .collect();
+        let chosen = ids
+            .iter()
+            .filter_map(|(_, id)| id.as_ref().ok()?.as_deref())
+            .find(|id| known(id))
+            .unwrap_or(fallback)
+            .to_string();
+        let want = self.repo_id.get_or_init(|| chosen.clone()).clone();
+        for (i, id) in ids {
+            if let Ok(id) = id {
+                self.judge(i, id, &want);
+            }
+        }
+        want
+    }
+
+    /// The repository id tier `i`'s `config` names: None for a new tier
+    /// (no `config`) or one that does not parse, Err if it cannot be read.
+    fn config_id(&self, i: usize) -> Result<Option<String>, ()> {
+        match self.members[i].tier.get(crate::format::names::CONFIG) {
+            Ok(b) => Ok(serde_json::from_slice::<serde_json::Value>(&b)
+                .ok()
+                .and_then(|v| v["id"].as_str().map(str::to_string))),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(_) => Err(()),
+        }
+    }
+
+    /// Records whether tier `i`, whose `config` names `id`, holds the
+    /// repository `want`; whether it may be used.
+    fn judge(&self, i: usize, id: Option<String>, want: &str) -> bool {
+        let mut s = self.state(i);
+        s.verified = true;
+        if let Some(id) = id.filter(|id| id != want) {
+            let short = |x: &str| x.chars().take(8).collect::<String>();
+            let msg = format!(
+                "tier {} holds another repository (id {}…) than this one (id {}…); it is left out, and nothing is read from or written to it: check its location",
+                self.members[i].tier.name(),
+                short(&id),
+                short(want)
+            );
+            errln!("warning: {msg}");
+            s.foreign = true;
+            s.online = false;
+            s.synced = false;
+            s.last_error = Some(msg);
+        }
+        !s.foreign
+    }
+
+    /// Checks once that tier `i` holds the expected repository; whether it
+    /// may be used. A tier that cannot be asked now is asked again later.
+    fn verify(&self, i: usize) -> bool {
+        let Some(want) = self.repo_id.get() else {
+            return true;
+        };
+        {
+            let s = self.state(i);
+            if s.foreign || s.verified {
+                return !s.foreign;
+            }
+        }
+        match self.config_id(i) {
+            Ok(id) => self.judge(i, id, want),
+            Err(()) => true,
         }
     }
 
@@ -207,6 +297,9 @@ impl TierSet {
             return;
         }
         let mut s = self.state(i);
+        if s.foreign {
+            return;
+        }
         if s.online {
             errln!("warning: {e}; carrying on without it");
         }
@@ -216,6 +309,9 @@ impl TierSet {
     }
 
     fn mark_online(&self, i: usize) {
+        if !self.verify(i) {
+            return;
+        }
         let mut s = self.state(i);
         if !s.online {
             errln!("tier {} is back online", self.members[i].tier.name());
@@ -235,7 +331,7 @@ impl TierSet {
                 let lat = s.latency.unwrap_or(0.010);
                 let cost = lat + s.throughput.map_or(0.0, |t| 1_048_576.0 / t.max(1.0));
                 online.push((m.priority.is_none(), m.priority.unwrap_or(0), cost, i));
-            } else if s.offline_since.is_none_or(|t| t.elapsed() >= REPROBE) {
+            } else if !s.foreign && s.offline_since.is_none_or(|t| t.elapsed() >= REPROBE) {
                 retry.push(i);
             }
         }
@@ -609,7 +705,7 @@ impl TierSet {
                 // before its probe is due: each ask costs every retry.
                 let resting = {
                     let s = self.state(i);
-                    !s.online && s.offline_since.is_some_and(|t| t.elapsed() < REPROBE)
+                    s.foreign || !s.online && s.offline_since.is_some_and(|t| t.elapsed() < REPROBE)
                 };
                 if resting {
                     return None;
@@ -1004,6 +1100,7 @@ impl TierSet {
                     throughput_mib_s: s.throughput.map(|t| t / 1_048_576.0),
                     priority: m.priority,
                     last_error: s.last_error.clone(),
+                    other_repository: s.foreign,
                 }
             })
             .collect()
