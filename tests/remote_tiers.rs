@@ -518,3 +518,101 @@ fn the_mount_reads_on_when_the_fastest_tier_stops() {
         data.len()
     );
 }
+
+/// A server that accepts connections but answers nothing (a hung process)
+/// counts as offline after a bounded time, instead of holding the command
+/// or the mount for as long as it hangs: the mount's read goes on from
+/// the other tier, and a listing opens without it.
+#[test]
+fn a_hung_server_is_left_behind_in_bounded_time() {
+    let env = Env::new();
+    let s3 = S3::start(env.dir.path());
+    // The S3 tier is read first (priority 1); the local one is the fallback.
+    let first = format!("{}&priority=1", s3.location("vault"));
+    let local = env.path("local-tier");
+    let tv = Tv::new(&[&first, s(&local)], &env.path("cache"));
+    tv.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let data = random_bytes(6 << 20, 11);
+    std::fs::write(src.join("f"), &data).unwrap();
+    tv.ok(&["backup", s(&src)]);
+
+    let mnt = env.path("mnt");
+    let _m = common::mount::Mount::spawn(tv.cmd(), &mnt);
+    let path = mnt
+        .join("latest")
+        .join(src.strip_prefix("/").unwrap())
+        .join("f");
+    s3.hang(true);
+    // Read on a thread: a read that hangs for good must fail the test, not
+    // hold it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read(&path));
+    });
+    let got = rx
+        .recv_timeout(Duration::from_secs(150))
+        .expect("the mount's read is still held by the hung server")
+        .unwrap();
+    assert!(got == data, "the bytes read through the mount differ");
+
+    let started = Instant::now();
+    let mut child = tv
+        .cmd()
+        .args(["--json", "revisions"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(150) {
+            let _ = child.kill();
+            panic!("`revisions` is still held by the hung server");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("does not answer"), "{err}");
+    s3.hang(false);
+}
+
+/// While every tier is offline, the mount keeps listing the revisions it
+/// knows (a listing of no tier is not an empty listing), and what it holds
+/// in memory still reads.
+#[test]
+fn the_mount_keeps_its_revisions_while_every_tier_is_offline() {
+    let env = Env::new();
+    let mut s3 = S3::start(env.dir.path());
+    let tv = Tv::new(&[&s3.location("vault")], &env.path("cache"));
+    tv.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("note"), b"still here").unwrap();
+    tv.ok(&["backup", s(&src)]);
+    let mnt = env.path("mnt");
+    let _m = common::mount::Mount::spawn(tv.cmd(), &mnt);
+    let names = || -> Vec<String> {
+        std::fs::read_dir(mnt.join("revisions"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let before = names();
+    assert_eq!(before.len(), 1);
+    let note = mnt
+        .join("latest")
+        .join(src.strip_prefix("/").unwrap())
+        .join("note");
+    assert_eq!(std::fs::read(&note).unwrap(), b"still here");
+    s3.down();
+    // Past the list's refresh time (2 s), and past a probe of the tier.
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        assert_eq!(names(), before);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(std::fs::read(&note).unwrap(), b"still here");
+}

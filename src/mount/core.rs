@@ -1067,7 +1067,16 @@ impl FsCore {
         let read = self.read_revisions();
         let mut r = self.revs.lock().expect("revs");
         r.refreshing = false;
-        r.list = read?;
+        match read {
+            Ok(list) => r.list = list,
+            // Every tier offline: the revisions known stay listed (their
+            // trees and data read from what memory and the cache hold),
+            // and the list is read again after REFRESH.
+            Err(e) if r.at.is_some() => {
+                errln!("tiervault mount: cannot refresh the list of revisions ({e}); showing the {} known", r.list.len());
+            }
+            Err(e) => return Err(e),
+        }
         r.at = Some(Instant::now());
         Ok(r.list.clone())
     }

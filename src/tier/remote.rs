@@ -19,8 +19,18 @@ static RT: RwLock<Option<tokio::runtime::Runtime>> = RwLock::new(None);
 fn start_runtime() {
     let mut rt = RT.write().expect("runtime");
     if rt.is_none() {
-        // HTTP for S3 through reqwest with the system's OpenSSL.
-        opendal_http_transport_reqwest::install_default();
+        // HTTP for S3 through reqwest with the system's OpenSSL. A server
+        // that accepts connections and then says nothing (a hung process)
+        // fails the request after READ_IDLE without a byte, as a temporary
+        // failure that is retried, instead of holding it forever.
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_LIMIT)
+            .read_timeout(READ_IDLE)
+            .build()
+            .expect("cannot build the HTTP client");
+        opendal::HttpTransporter::install_default(
+            opendal_http_transport_reqwest::ReqwestTransport::new(client),
+        );
         *rt = Some(
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -31,6 +41,28 @@ fn start_runtime() {
         );
     }
 }
+
+/// How long an HTTP connection may take to open.
+const CONNECT_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long an S3 server may send nothing while a reply is awaited.
+const READ_IDLE: Duration = Duration::from_secs(20);
+
+/// The time one attempt of a remote call may take, beyond the time its
+/// bytes need at `MIN_RATE` (or half the tier's bandwidth limit, if lower):
+/// an attempt past it counts as a temporary failure.
+const ATTEMPT_LIMIT: Duration = Duration::from_secs(60);
+
+/// The slowest transfer an attempt is allowed, in bytes per second.
+const MIN_RATE: f64 = 64.0 * 1024.0;
+
+/// An attempt that fails after this long ran out of time.
+const STALLED: Duration = Duration::from_secs(9);
+
+/// Attempts in a row that ran out of time before a tier counts as offline:
+/// a server that accepts connections but does not answer would otherwise
+/// hold every call for all its attempts.
+const TIMEOUTS_OFFLINE: u32 = 2;
 
 fn block_on<F: std::future::Future>(fut: F) -> F::Output {
     loop {
@@ -297,20 +329,56 @@ impl RemoteTier {
         }
     }
 
+    /// The time an attempt that moves `bytes` may take (see
+    /// `ATTEMPT_LIMIT`).
+    fn attempt_limit(&self, bytes: u64) -> Duration {
+        let rate = self
+            .throttle
+            .as_ref()
+            .map_or(MIN_RATE, |t| (t.rate / 2.0).min(MIN_RATE));
+        ATTEMPT_LIMIT + Duration::from_secs_f64(bytes as f64 / rate)
+    }
+
     /// Runs `f` on the runtime, retrying temporary failures with backoff
-    /// (0.1 s doubling to 2 s) up to `retries` attempts in all.
-    fn call<T, F, Fut>(&self, key: &str, f: F) -> Result<T, TierError>
+    /// (0.1 s doubling to 2 s) up to `retries` attempts in all. Each
+    /// attempt moves about `bytes` and has `attempt_limit(bytes)` to do it.
+    fn call<T, F, Fut>(&self, key: &str, bytes: u64, f: F) -> Result<T, TierError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = opendal::Result<T>>,
     {
         let mut delay = Duration::from_millis(100);
         let mut attempt = 1;
+        let mut timeouts = 0;
+        let limit = self.attempt_limit(bytes);
         loop {
             if super::stopping() {
                 return Err(TierError::Interrupted);
             }
-            match block_on(f()) {
+            let started = Instant::now();
+            let r =
+                block_on(async { tokio::time::timeout(limit, f()).await }).unwrap_or_else(|_| {
+                    Err(opendal::Error::new(ErrorKind::Unexpected, "timed out").set_temporary())
+                });
+            // A stalled attempt fails with a plain "error sending request"
+            // (HTTP, after READ_IDLE) or "failed to connect" (ssh, after its
+            // 10 s ConnectTimeout): told by the time it took.
+            if r.is_err() && started.elapsed() >= STALLED {
+                timeouts += 1;
+                if timeouts >= TIMEOUTS_OFFLINE || attempt >= self.retries {
+                    return Err(TierError::Offline {
+                        tier: self.name.clone(),
+                        reason: format!(
+                            "the server accepts connections but does not answer ({timeouts} attempt(s) in a row ran out of time)"
+                        ),
+                    });
+                }
+                attempt += 1;
+                self.reconnect();
+                continue;
+            }
+            timeouts = 0;
+            match r {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_temporary() || is_connection(&e) => {
                     if attempt >= self.retries {
@@ -366,14 +434,25 @@ impl Tier for RemoteTier {
         true
     }
     fn get(&self, key: &str) -> Result<Vec<u8>, TierError> {
+        // The object's size sets the time its transfer may take. Over SFTP
+        // no other limit applies, so it is asked first; an S3 reply that
+        // stalls fails by itself (READ_IDLE).
+        let size = if self.rename {
+            self.stat(key)?.ok_or_else(|| TierError::NotFound {
+                tier: self.name.clone(),
+                key: key.to_string(),
+            })?
+        } else {
+            0
+        };
         let b = self
-            .call(key, || async { self.op().read(key).await })?
+            .call(key, size, || async { self.op().read(key).await })?
             .to_vec();
         self.pace(b.len());
         Ok(b)
     }
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, TierError> {
-        let b = self.call(key, || async {
+        let b = self.call(key, len, || async {
             self.op().read_with(key).range(offset..offset + len).await
         })?;
         self.pace(b.len());
@@ -392,20 +471,26 @@ impl Tier for RemoteTier {
     fn put_shared(&self, key: &str, data: &bytes::Bytes) -> Result<(), TierError> {
         self.pace(data.len());
         let buf = opendal::Buffer::from(data.clone());
+        let size = data.len() as u64;
         if !self.rename {
             return self
-                .call(key, || async { self.op().write(key, buf.clone()).await })
+                .call(key, size, || async {
+                    self.op().write(key, buf.clone()).await
+                })
                 .map(|_| ());
         }
         let tmp = match key.rsplit_once('/') {
             Some((dir, file)) => format!("{dir}/.tmp-{file}-{}", std::process::id()),
             None => format!(".tmp-{key}-{}", std::process::id()),
         };
-        self.call(key, || async { self.op().write(&tmp, buf.clone()).await })?;
-        self.call(key, || async { self.op().rename(&tmp, key).await })
+        self.call(key, size, || async {
+            self.op().write(&tmp, buf.clone()).await
+        })?;
+        self.call(key, 0, || async { self.op().rename(&tmp, key).await })
     }
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, TierError> {
-        let entries = match self.call(prefix, || async {
+        // A listing of a large repository over a slow line takes a while.
+        let entries = match self.call(prefix, 16 << 20, || async {
             self.op().list_with(prefix).recursive(true).await
         }) {
             Ok(e) => e,
@@ -430,7 +515,7 @@ impl Tier for RemoteTier {
                     .last_modified()
                     .map(std::time::SystemTime::from);
                 if super::stale_temporary(modified) {
-                    let _ = self.call(path, || async { self.op().delete(path).await });
+                    let _ = self.call(path, 0, || async { self.op().delete(path).await });
                 }
                 continue;
             }
@@ -446,13 +531,13 @@ impl Tier for RemoteTier {
         Ok(out)
     }
     fn stat(&self, key: &str) -> Result<Option<u64>, TierError> {
-        match self.call(key, || async { self.op().stat(key).await }) {
+        match self.call(key, 0, || async { self.op().stat(key).await }) {
             Ok(m) => Ok(Some(m.content_length())),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
     }
     fn delete(&self, key: &str) -> Result<(), TierError> {
-        self.call(key, || async { self.op().delete(key).await })
+        self.call(key, 0, || async { self.op().delete(key).await })
     }
 }

@@ -1196,9 +1196,14 @@ impl Tier for TierSet {
                 }
             }
         }
+        // No tier answered (every one offline and resting): that is not
+        // an empty listing.
         match (ok, first_err) {
-            (false, Some(e)) => Err(e),
-            _ => Ok(seen.into_values().collect()),
+            (true, _) => Ok(seen.into_values().collect()),
+            (false, e) => Err(e.unwrap_or_else(|| TierError::Offline {
+                tier: self.label.clone(),
+                reason: "every tier is offline".into(),
+            })),
         }
     }
     fn stat(&self, key: &str) -> Result<Option<u64>, TierError> {

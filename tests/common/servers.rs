@@ -241,6 +241,15 @@ impl S3 {
         self.child.is_some()
     }
 
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the server: a stopped one
+    /// still accepts connections, in the kernel, and answers nothing.
+    pub fn hang(&self, hung: bool) {
+        let pid = self.child.as_ref().expect("s3s-fs runs").id() as i32;
+        let sig = if hung { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: signals a child process this struct owns.
+        unsafe { libc::kill(pid, sig) };
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
