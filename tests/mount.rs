@@ -81,6 +81,22 @@ fn writes_are_refused_and_signals_and_unmounts_end_it_cleanly() {
     assert!(m.wait_exit().success());
     assert!(!mounted(&mnt), "still mounted after SIGTERM");
 
+    // SIGTERM while a program holds a file open: the mount is detached, not
+    // left dead, and a new mount can take its place.
+    let mut m = Mount::start(&env, &mnt);
+    let held = fs::File::open(&file).unwrap();
+    m.signal(libc::SIGTERM);
+    assert!(m.wait_exit().success());
+    assert!(
+        !mounted(&mnt),
+        "still mounted after SIGTERM with a file open"
+    );
+    drop(held);
+    let mut m = Mount::start(&env, &mnt);
+    assert_eq!(fs::read(&file).unwrap(), b"x");
+    m.signal(libc::SIGTERM);
+    assert!(m.wait_exit().success());
+
     let mut m = Mount::start(&env, &mnt);
     let st = Command::new("fusermount3")
         .arg("-u")

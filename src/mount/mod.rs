@@ -120,9 +120,47 @@ pub fn run(
         // Unmounted from outside (fusermount3 -u).
         return session.join().map_err(|e| e.to_string());
     }
-    session
-        .umount_and_join()
-        .map_err(|e| format!("unmounting {}: {e}", dir.display()))
+    match session.umount_and_join() {
+        // A program still has a file or directory open under the mount:
+        // it is detached instead, so the mount point is free at once, and
+        // what is still open fails from now on. Left mounted, it would be
+        // a dead mount once this process is gone.
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            detach(dir).map_err(|d| format!("unmounting {}: {e}; {d}", dir.display()))?;
+            errln!(
+                "tiervault mount: files under {} were still open; the mount was detached, and reads of those files fail from now on",
+                dir.display()
+            );
+            Ok(())
+        }
+        r => r.map_err(|e| format!("unmounting {}: {e}", dir.display())),
+    }
+}
+
+/// Detaches the mount at `dir` (`fusermount3 -u -z`), at most 5 s.
+fn detach(dir: &Path) -> Result<(), String> {
+    let mut child = std::process::Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot run fusermount3 to detach it ({e}): run `fusermount3 -u -z {}`",
+                dir.display()
+            )
+        })?;
+    match crate::wait_bounded(&mut child, Duration::from_secs(5)) {
+        Some(s) if s.success() => Ok(()),
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!(
+                "detaching it failed too: run `fusermount3 -u -z {}`",
+                dir.display()
+            ))
+        }
+    }
 }
 
 /// The kernel caches symlink targets (FUSE_CACHE_SYMLINKS), so path walks
