@@ -604,3 +604,49 @@ fn a_tier_holding_another_repository_is_left_out_untouched() {
     ok(tv(&[&mine], &cache).args(["check", "--read-data"]));
     ok(tv(&[&theirs], &other).args(["check", "--read-data"]));
 }
+
+/// Two tiers away at different moments, each missing one backup: the
+/// second backup must not give its revision the number the first one used
+/// on the other tier (both would then look complete). The installation's
+/// own record of the revision it wrote puts the new one above it, the
+/// tier that missed it shows as behind, and `sync` gives each the union.
+#[test]
+fn tiers_away_at_different_moments_never_share_a_revision_number() {
+    let env = Env::new();
+    let (a, b, cache) = two_tiers(&env);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let away = |t: &Path| {
+        let to = t.with_extension("away");
+        fs::rename(t, &to).unwrap();
+        to
+    };
+    random_file(&src.join("one"), 1 << 16);
+    ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+    // B is away for the second backup, A for the third.
+    let b_away = away(&b);
+    random_file(&src.join("two"), 1 << 16);
+    ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+    fs::rename(&b_away, &b).unwrap();
+    let a_away = away(&a);
+    random_file(&src.join("three"), 1 << 16);
+    let o = ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("is on no online tier"), "{err}");
+    fs::rename(&a_away, &a).unwrap();
+    let out = ok(tv(&[&a, &b], &cache).args(["tiers", "--json"]));
+    let tiers = json(&String::from_utf8_lossy(&out.stdout));
+    let (ta, tb) = (&tiers[0], &tiers[1]);
+    assert_ne!(ta["revision"], tb["revision"], "{tiers}");
+    assert_eq!(ta["synchronised"], false, "{tiers}");
+    assert_eq!(tb["synchronised"], true, "{tiers}");
+    ok(tv(&[&a, &b], &cache).arg("sync"));
+    for t in [&a, &b] {
+        let out = ok(tv(&[t], &env.path("alone")).args(["--json", "revisions"]));
+        let n = json(&String::from_utf8_lossy(&out.stdout))
+            .as_array()
+            .unwrap()
+            .len();
+        assert_eq!(n, 3, "{}", t.display());
+    }
+}

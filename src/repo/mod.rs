@@ -1111,6 +1111,9 @@ impl crate::tier::set::LocalState for LocalTiers {
             let _ = std::fs::remove_file(self.sessions.join(n));
         }
     }
+    fn highest_revision(&self) -> u64 {
+        self.load().into_values().max().unwrap_or(0)
+    }
     fn set_last_revision(&self, tier: &str, rev: u64) {
         if let Some(dir) = self.file.parent() {
             let _ = std::fs::create_dir_all(dir);

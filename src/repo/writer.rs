@@ -338,7 +338,7 @@ pub fn adopt_unindexed_packs(repo: &Repository) -> Result<usize> {
     let local = repo.index().packs()?;
     if let Some(gone) = local.iter().find(|p| !listed.contains_key(p)) {
         errln!(
-            "warning: the local cache names {} which no tier holds; rebuilding the cache from the tiers",
+            "warning: the local cache names {} which no online tier holds; rebuilding the cache from the online tiers",
             names::pack(gone)
         );
         repo.index().clear_blobs()?;

@@ -102,6 +102,8 @@ pub trait LocalState: Send + Sync {
     fn installation(&self) -> Result<String, String>;
     fn host(&self) -> String;
     fn set_last_revision(&self, tier: &str, rev: u64);
+    /// The highest revision this installation recorded on any tier.
+    fn highest_revision(&self) -> u64;
     /// Marks a write session of this process as open until
     /// `close_session`. A process that stops in the middle of one (Ctrl-C,
     /// a crash, a kill) leaves it open.
@@ -421,22 +423,27 @@ impl TierSet {
         self.repairs.lock().expect("repairs").clone()
     }
 
+    /// The tiers that take writes now: the online, synchronised ones.
+    /// When every tier has missed some write (each went away at a
+    /// different moment), none is complete: all that are online take the
+    /// writes, and `sync` later fills each from the others.
+    fn takers(&self) -> Vec<usize> {
+        let none_synced = (0..self.members.len()).all(|i| !self.state(i).synced);
+        (0..self.members.len())
+            .filter(|&i| {
+                let s = self.state(i);
+                s.online && (s.synced || none_synced)
+            })
+            .collect()
+    }
+
     /// Online, synchronised tiers; while there are none, waits for one to
     /// come back, probing every 2 s, up to the wait limit.
     fn write_targets(&self) -> Result<Vec<usize>, TierError> {
         let started = Instant::now();
         let mut said = false;
         loop {
-            // When every tier has missed some write (each went away at a
-            // different moment), none is complete: all that are online take
-            // the writes, and `sync` later fills each from the others.
-            let none_synced = (0..self.members.len()).all(|i| !self.state(i).synced);
-            let targets: Vec<usize> = (0..self.members.len())
-                .filter(|&i| {
-                    let s = self.state(i);
-                    s.online && (s.synced || none_synced)
-                })
-                .collect();
+            let targets = self.takers();
             if !targets.is_empty() {
                 if said {
                     errln!("a tier is back; carrying on");
@@ -468,6 +475,7 @@ impl TierSet {
             if super::stopping() {
                 return Err(TierError::Interrupted);
             }
+            let none_synced = (0..self.members.len()).all(|i| !self.state(i).synced);
             for i in 0..self.members.len() {
                 if !self.state(i).synced && !none_synced {
                     continue;
@@ -800,7 +808,26 @@ impl TierSet {
             return Err(TierError::Interrupted.into());
         }
         local.open_session();
-        let next = self.max_revision(&states) + 1;
+        // A revision this installation wrote that no online tier holds:
+        // the tiers holding it are offline. Every online tier lacks it, so
+        // none is synchronised; all take the writes, under a revision
+        // above it, and `sync` later gives each tier the union. (Written
+        // under the same number, two tiers would each look complete.)
+        let online_top = self.max_revision(&states);
+        let known = local.highest_revision();
+        if known > online_top {
+            for i in 0..self.members.len() {
+                let mut s = self.state(i);
+                if s.online {
+                    s.synced = false;
+                }
+            }
+            errln!(
+                "warning: revision {known} of the tiers, written by this installation, is on no online tier (the tiers holding it are offline); the online tiers take this write as revision {}, and `tiervault sync` joins the two once they are all back",
+                known + 1
+            );
+        }
+        let next = online_top.max(known) + 1;
         let new = TierState {
             revision: next,
             writer: me,
@@ -813,7 +840,7 @@ impl TierSet {
                 let s = self.state(i);
                 (s.online, s.synced, s.revision, s.last_error.clone())
             };
-            if online && !synced {
+            if online && !synced && known <= online_top {
                 let at = match (revision, error) {
                     (Some(r), _) => format!("at revision {r} of {}", next - 1),
                     (None, e) => format!(
@@ -830,14 +857,15 @@ impl TierSet {
         loop {
             let mut failed = Vec::new();
             let mut took = false;
-            for i in 0..self.members.len() {
-                if !self.writable(i) {
-                    continue;
-                }
+            for i in self.takers() {
                 match self.write_state(i, &new) {
                     Ok(()) => {
                         took = true;
-                        self.state(i).revision = Some(next);
+                        {
+                            let mut s = self.state(i);
+                            s.revision = Some(next);
+                            s.synced = true;
+                        }
                         local.set_last_revision(self.members[i].tier.name(), next);
                     }
                     Err(e) => failed.push((i, e)),
@@ -1294,6 +1322,9 @@ mod tests {
         }
         fn set_last_revision(&self, t: &str, r: u64) {
             self.0.lock().unwrap().insert(t.into(), r);
+        }
+        fn highest_revision(&self) -> u64 {
+            self.0.lock().unwrap().values().copied().max().unwrap_or(0)
         }
         fn open_session(&self) {
             self.2.fetch_add(1, Ordering::SeqCst);
