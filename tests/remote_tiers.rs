@@ -616,3 +616,32 @@ fn the_mount_keeps_its_revisions_while_every_tier_is_offline() {
     }
     assert_eq!(std::fs::read(&note).unwrap(), b"still here");
 }
+
+/// A bucket that does not exist (a typo) is not a new, empty tier: it is
+/// named, left out, and the other tiers carry on; `init` on it alone fails
+/// saying what to do.
+#[test]
+fn a_missing_bucket_is_named_and_left_out() {
+    let env = Env::new();
+    let s3 = S3::start(env.dir.path());
+    let local = env.path("local-tier");
+    let typo = s3.location("vault").replace("s3://bucket/", "s3://buckte/");
+    let tv = Tv::new(&[s(&local), &typo], &env.path("cache"));
+    Tv::new(&[s(&local)], &env.path("cache")).init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"x").unwrap();
+    for args in [vec!["backup", s(&src)], vec!["sync"]] {
+        let o = tv.run(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains("has no bucket \"buckte\"") && err.contains("create it"),
+            "{args:?}: {err}"
+        );
+    }
+    let o = Tv::new(&[&typo], &env.path("other")).run(&["init"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("has no bucket"), "{err}");
+}

@@ -193,6 +193,13 @@ impl Settings {
                 // A new, empty remote tier: it is unsynchronised (revision
                 // 0) until `tiervault sync` copies the repository there. An
                 // empty local directory may be an unmounted share: left out.
+                // A location that cannot hold objects (a bucket that does
+                // not exist) is not a new tier: left out, saying why.
+                Ok(None) if t.is_remote() && t.list("keys/").is_err_and(|e| !e.is_offline()) => {
+                    let e = t.list("keys/").unwrap_err();
+                    errln!("warning: {e}; carrying on without it");
+                    latency.pop();
+                }
                 Ok(None) if t.is_remote() => {
                     errln!(
                         "note: tier {} is empty; `tiervault sync` copies the repository there",

@@ -312,6 +312,19 @@ impl RemoteTier {
     }
 
     fn err(&self, key: &str, e: opendal::Error) -> TierError {
+        if e.to_string().contains("NoSuchBucket") {
+            let bucket = self
+                .name
+                .strip_prefix("s3://")
+                .and_then(|r| r.split(['/', '?']).next())
+                .unwrap_or_default();
+            return TierError::BadLocation {
+                loc: self.name.clone(),
+                why: format!(
+                    "the server has no bucket {bucket:?}: create it (tiervault does not create buckets), or correct the name"
+                ),
+            };
+        }
         match e.kind() {
             ErrorKind::NotFound => TierError::NotFound {
                 tier: self.name.clone(),
