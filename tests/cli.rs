@@ -72,35 +72,29 @@ fn config_file_names_tiers_password_and_cache() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
 
+    // A config file that does not parse: exit 1, and the message.
+    let refused = |text: String| -> String {
+        fs::write(&cfg, text).unwrap();
+        let o = tv()
+            .arg("--config")
+            .arg(&cfg)
+            .arg("revisions")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
     // A typo is refused with a message naming the file and the field.
-    fs::write(&cfg, format!("pasword_file = {pw:?}\n")).unwrap();
-    let o = tv()
-        .arg("--config")
-        .arg(&cfg)
-        .arg("revisions")
-        .output()
-        .unwrap();
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1));
+    let e = refused(format!("pasword_file = {pw:?}\n"));
     assert!(
         e.contains("tiervault.toml") && e.contains("pasword_file"),
         "{e}"
     );
     // A key of the whole file written after a [[tier]] belongs to that
     // tier; the message says where it goes.
-    fs::write(
-        &cfg,
-        format!("[[tier]]\nlocation = {a:?}\ncache_dir = {cache:?}\n"),
-    )
-    .unwrap();
-    let o = tv()
-        .arg("--config")
-        .arg(&cfg)
-        .arg("revisions")
-        .output()
-        .unwrap();
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1));
+    let e = refused(format!(
+        "[[tier]]\nlocation = {a:?}\ncache_dir = {cache:?}\n"
+    ));
     assert!(e.contains("go before the first [[tier]]"), "{e}");
 }
 

@@ -45,14 +45,29 @@ fn two_tiers(env: &Env) -> (std::path::PathBuf, std::path::PathBuf, std::path::P
     (a, b, cache)
 }
 
+/// `two_tiers` with a backup of `src`, which holds one random file.
+fn backed_up_on_two_tiers(
+    env: &Env,
+    name: &str,
+    len: usize,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let (a, b, cache) = two_tiers(env);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    random_file(&src.join(name), len);
+    ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+    (a, b, cache, src)
+}
+
 #[test]
 fn a_damaged_copy_on_one_tier_is_read_from_the_other() {
     let env = Env::new();
-    let (a, b, cache) = two_tiers(&env);
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
-    random_file(&src.join("f"), 3 << 20);
-    ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+    let (a, b, cache, src) = backed_up_on_two_tiers(&env, "f", 3 << 20);
     // Both tiers hold the same complete repository.
     let rel = |root: &Path| -> Vec<_> {
         let mut v: Vec<_> = files_under(root)
@@ -343,11 +358,7 @@ fn first_file(dir: &Path) -> std::path::PathBuf {
 #[test]
 fn damaged_metadata_on_one_tier_is_read_from_the_other() {
     let env = Env::new();
-    let (a, b, cache) = two_tiers(&env);
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
-    random_file(&src.join("f"), 1 << 20);
-    ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+    let (a, b, cache, src) = backed_up_on_two_tiers(&env, "f", 1 << 20);
     fs::write(src.join("g"), b"second").unwrap();
     ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
 
@@ -414,11 +425,7 @@ fn damaged_metadata_on_one_tier_is_read_from_the_other() {
 #[test]
 fn a_config_altered_on_one_tier_is_passed_over_and_never_repaired() {
     let env = Env::new();
-    let (a, b, cache) = two_tiers(&env);
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
-    random_file(&src.join("f"), 64 << 10);
-    ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+    let (a, b, cache, _) = backed_up_on_two_tiers(&env, "f", 64 << 10);
     let mut cfg: serde_json::Value =
         serde_json::from_slice(&fs::read(a.join("config")).unwrap()).unwrap();
     cfg["encryption"] = "none".into();
@@ -444,11 +451,7 @@ fn a_config_altered_on_one_tier_is_passed_over_and_never_repaired() {
 #[test]
 fn a_sync_with_another_state_directory_does_not_stop_the_backups() {
     let env = Env::new();
-    let (a, b, cache) = two_tiers(&env);
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
-    random_file(&src.join("first"), 1 << 16);
-    ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+    let (a, b, cache, src) = backed_up_on_two_tiers(&env, "first", 1 << 16);
     // Tier B is away (no repository there) for the second backup.
     let away = env.path("tier-b.away");
     fs::rename(&b, &away).unwrap();
@@ -508,11 +511,7 @@ fn a_sync_with_another_state_directory_does_not_stop_the_backups() {
 #[test]
 fn a_damaged_tierstate_is_an_unknown_revision_that_sync_mends() {
     let env = Env::new();
-    let (a, b, cache) = two_tiers(&env);
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
-    random_file(&src.join("first"), 1 << 16);
-    ok(tv(&[&a, &b], &cache).arg("backup").arg(&src));
+    let (a, b, cache, src) = backed_up_on_two_tiers(&env, "first", 1 << 16);
     fs::write(b.join("tierstate"), "not json\n").unwrap();
     let tiers = |cache: &Path| -> Vec<serde_json::Value> {
         let out = ok(tv(&[&a, &b], cache).args(["tiers", "--json"]));

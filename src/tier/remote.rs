@@ -19,13 +19,12 @@ static RT: RwLock<Option<tokio::runtime::Runtime>> = RwLock::new(None);
 fn start_runtime() {
     let mut rt = RT.write().expect("runtime");
     if rt.is_none() {
-        // HTTP for S3 through reqwest with the system's OpenSSL. A server
-        // that accepts connections and then says nothing (a hung process)
-        // fails the request after READ_IDLE without a byte, as a temporary
-        // failure that is retried, instead of holding it forever.
+        // HTTP for S3 through reqwest with the system's OpenSSL. (A read
+        // timeout is not set: reqwest's runs from the start of the request,
+        // upload included, and would cut off uploads on a slow line. Each
+        // call has ATTEMPT_LIMIT instead.)
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_LIMIT)
-            .read_timeout(READ_IDLE)
             .build()
             .expect("cannot build the HTTP client");
         opendal::HttpTransporter::install_default(
@@ -45,18 +44,22 @@ fn start_runtime() {
 /// How long an HTTP connection may take to open.
 const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 
-/// How long an S3 server may send nothing while a reply is awaited.
-const READ_IDLE: Duration = Duration::from_secs(20);
-
 /// The time one attempt of a remote call may take, beyond the time its
 /// bytes need at `MIN_RATE` (or half the tier's bandwidth limit, if lower):
 /// an attempt past it counts as a temporary failure.
-const ATTEMPT_LIMIT: Duration = Duration::from_secs(60);
+const ATTEMPT_LIMIT: Duration = Duration::from_secs(30);
 
-/// The slowest transfer an attempt is allowed, in bytes per second.
-const MIN_RATE: f64 = 64.0 * 1024.0;
+/// The slowest upload an attempt is allowed, in bytes per second: low
+/// enough for several uploads at once to share a thin line.
+const MIN_UP_RATE: f64 = 16.0 * 1024.0;
 
-/// An attempt that fails after this long ran out of time.
+/// The slowest download an attempt is allowed: reads wait on it (a mount,
+/// a restore), and lines are wider that way. A thinner line is declared
+/// with the tier's `bandwidth`.
+const MIN_DOWN_RATE: f64 = 256.0 * 1024.0;
+
+/// An attempt that fails to connect after this long ran out of time
+/// (`ssh` gives up connecting after 10 s).
 const STALLED: Duration = Duration::from_secs(9);
 
 /// Attempts in a row that ran out of time before a tier counts as offline:
@@ -342,20 +345,30 @@ impl RemoteTier {
         }
     }
 
-    /// The time an attempt that moves `bytes` may take (see
-    /// `ATTEMPT_LIMIT`).
-    fn attempt_limit(&self, bytes: u64) -> Duration {
+    /// The time an attempt that moves `bytes` at no less than `rate` (or
+    /// half the tier's bandwidth limit) may take (see `ATTEMPT_LIMIT`).
+    fn limit(&self, bytes: u64, rate: f64) -> Duration {
         let rate = self
             .throttle
             .as_ref()
-            .map_or(MIN_RATE, |t| (t.rate / 2.0).min(MIN_RATE));
+            .map_or(rate, |t| (t.rate / 2.0).min(rate));
         ATTEMPT_LIMIT + Duration::from_secs_f64(bytes as f64 / rate)
+    }
+
+    /// The time limit of an attempt that downloads `bytes`.
+    fn down(&self, bytes: u64) -> Duration {
+        self.limit(bytes, MIN_DOWN_RATE)
+    }
+
+    /// The time limit of an attempt that uploads `bytes`.
+    fn up(&self, bytes: u64) -> Duration {
+        self.limit(bytes, MIN_UP_RATE)
     }
 
     /// Runs `f` on the runtime, retrying temporary failures with backoff
     /// (0.1 s doubling to 2 s) up to `retries` attempts in all. Each
-    /// attempt moves about `bytes` and has `attempt_limit(bytes)` to do it.
-    fn call<T, F, Fut>(&self, key: &str, bytes: u64, f: F) -> Result<T, TierError>
+    /// attempt has `limit` (see `up` and `down`).
+    fn call<T, F, Fut>(&self, key: &str, limit: Duration, f: F) -> Result<T, TierError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = opendal::Result<T>>,
@@ -363,20 +376,25 @@ impl RemoteTier {
         let mut delay = Duration::from_millis(100);
         let mut attempt = 1;
         let mut timeouts = 0;
-        let limit = self.attempt_limit(bytes);
         loop {
             if super::stopping() {
                 return Err(TierError::Interrupted);
             }
             let started = Instant::now();
-            let r =
-                block_on(async { tokio::time::timeout(limit, f()).await }).unwrap_or_else(|_| {
-                    Err(opendal::Error::new(ErrorKind::Unexpected, "timed out").set_temporary())
-                });
-            // A stalled attempt fails with a plain "error sending request"
-            // (HTTP, after READ_IDLE) or "failed to connect" (ssh, after its
-            // 10 s ConnectTimeout): told by the time it took.
-            if r.is_err() && started.elapsed() >= STALLED {
+            let r = block_on(async { tokio::time::timeout(limit, f()).await });
+            // Out of time: the call's own limit, or a connection that was
+            // not made within `ssh`'s 10 s (a plain "failed to connect").
+            let stalled = match &r {
+                Err(_) => true,
+                Ok(Err(e)) => {
+                    started.elapsed() >= STALLED && (e.is_temporary() || is_connection(e))
+                }
+                Ok(Ok(_)) => false,
+            };
+            let r = r.unwrap_or_else(|_| {
+                Err(opendal::Error::new(ErrorKind::Unexpected, "timed out").set_temporary())
+            });
+            if stalled {
                 timeouts += 1;
                 if timeouts >= TIMEOUTS_OFFLINE || attempt >= self.retries {
                     return Err(TierError::Offline {
@@ -447,25 +465,19 @@ impl Tier for RemoteTier {
         true
     }
     fn get(&self, key: &str) -> Result<Vec<u8>, TierError> {
-        // The object's size sets the time its transfer may take. Over SFTP
-        // no other limit applies, so it is asked first; an S3 reply that
-        // stalls fails by itself (READ_IDLE).
-        let size = if self.rename {
-            self.stat(key)?.ok_or_else(|| TierError::NotFound {
-                tier: self.name.clone(),
-                key: key.to_string(),
-            })?
-        } else {
-            0
-        };
+        // The object's size sets the time its transfer may take.
+        let size = self.stat(key)?.ok_or_else(|| TierError::NotFound {
+            tier: self.name.clone(),
+            key: key.to_string(),
+        })?;
         let b = self
-            .call(key, size, || async { self.op().read(key).await })?
+            .call(key, self.down(size), || async { self.op().read(key).await })?
             .to_vec();
         self.pace(b.len());
         Ok(b)
     }
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, TierError> {
-        let b = self.call(key, len, || async {
+        let b = self.call(key, self.down(len), || async {
             self.op().read_with(key).range(offset..offset + len).await
         })?;
         self.pace(b.len());
@@ -487,7 +499,7 @@ impl Tier for RemoteTier {
         let size = data.len() as u64;
         if !self.rename {
             return self
-                .call(key, size, || async {
+                .call(key, self.up(size), || async {
                     self.op().write(key, buf.clone()).await
                 })
                 .map(|_| ());
@@ -496,14 +508,16 @@ impl Tier for RemoteTier {
             Some((dir, file)) => format!("{dir}/.tmp-{file}-{}", std::process::id()),
             None => format!(".tmp-{key}-{}", std::process::id()),
         };
-        self.call(key, size, || async {
+        self.call(key, self.up(size), || async {
             self.op().write(&tmp, buf.clone()).await
         })?;
-        self.call(key, 0, || async { self.op().rename(&tmp, key).await })
+        self.call(key, self.down(0), || async {
+            self.op().rename(&tmp, key).await
+        })
     }
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, TierError> {
         // A listing of a large repository over a slow line takes a while.
-        let entries = match self.call(prefix, 16 << 20, || async {
+        let entries = match self.call(prefix, self.up(16 << 20), || async {
             self.op().list_with(prefix).recursive(true).await
         }) {
             Ok(e) => e,
@@ -528,7 +542,9 @@ impl Tier for RemoteTier {
                     .last_modified()
                     .map(std::time::SystemTime::from);
                 if super::stale_temporary(modified) {
-                    let _ = self.call(path, 0, || async { self.op().delete(path).await });
+                    let _ = self.call(path, self.down(0), || async {
+                        self.op().delete(path).await
+                    });
                 }
                 continue;
             }
@@ -544,13 +560,13 @@ impl Tier for RemoteTier {
         Ok(out)
     }
     fn stat(&self, key: &str) -> Result<Option<u64>, TierError> {
-        match self.call(key, 0, || async { self.op().stat(key).await }) {
+        match self.call(key, self.down(0), || async { self.op().stat(key).await }) {
             Ok(m) => Ok(Some(m.content_length())),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
     }
     fn delete(&self, key: &str) -> Result<(), TierError> {
-        self.call(key, 0, || async { self.op().delete(key).await })
+        self.call(key, self.down(0), || async { self.op().delete(key).await })
     }
 }

@@ -280,7 +280,7 @@ impl TierSet {
     /// Whether every tier is online and synchronised, so that a write
     /// (or a delete) reaches them all.
     pub fn all_in_step(&self) -> bool {
-        (0..self.members.len()).all(|i| self.writable(i))
+        (0..self.members.len()).all(|i| self.writable(i) || self.state(i).foreign)
     }
 
     /// Online and synchronised: a tier that writes go to.
@@ -310,9 +310,11 @@ impl TierSet {
         s.last_error = Some(e.to_string());
     }
 
-    fn mark_online(&self, i: usize) {
+    /// Marks tier `i` online after it answered; false (and left out) if
+    /// it holds another repository, whose answer must then be dropped.
+    fn mark_online(&self, i: usize) -> bool {
         if !self.verify(i) {
-            return;
+            return false;
         }
         let mut s = self.state(i);
         if !s.online {
@@ -320,6 +322,7 @@ impl TierSet {
         }
         s.online = true;
         s.offline_since = None;
+        true
     }
 
     /// Read order: online tiers by priority, then by the time a 1 MiB read
@@ -377,7 +380,9 @@ impl TierSet {
             let start = Instant::now();
             match op(t) {
                 Ok(v) => {
-                    self.mark_online(i);
+                    if !self.mark_online(i) {
+                        continue;
+                    }
                     self.measure(i, size(&v), start.elapsed());
                     let mut repairs = self.repairs.lock().expect("repairs");
                     for (tier, why) in damaged {
@@ -663,7 +668,10 @@ impl TierSet {
         if super::stopping() || self.uncertain.swap(false, Ordering::SeqCst) {
             return;
         }
-        let behind = (0..self.members.len()).any(|i| !self.state(i).synced);
+        let behind = (0..self.members.len()).any(|i| {
+            let s = self.state(i);
+            !s.synced && !s.foreign
+        });
         if behind {
             self.record_lag();
         }
@@ -719,10 +727,7 @@ impl TierSet {
                     return None;
                 }
                 match self.read_state(i) {
-                    Ok(st) => {
-                        self.mark_online(i);
-                        st
-                    }
+                    Ok(st) => self.mark_online(i).then_some(st).flatten(),
                     Err(e) => {
                         if e.is_offline() {
                             self.mark_offline(i, &e);
@@ -809,21 +814,15 @@ impl TierSet {
         }
         local.open_session();
         // A revision this installation wrote that no online tier holds:
-        // the tiers holding it are offline. Every online tier lacks it, so
-        // none is synchronised; all take the writes, under a revision
-        // above it, and `sync` later gives each tier the union. (Written
-        // under the same number, two tiers would each look complete.)
+        // the tiers holding it are offline. The new revision is numbered
+        // above it, so that they show as behind when they are back and
+        // `sync` gives each tier the union. (Written under the same
+        // number, two tiers would each look complete.)
         let online_top = self.max_revision(&states);
         let known = local.highest_revision();
         if known > online_top {
-            for i in 0..self.members.len() {
-                let mut s = self.state(i);
-                if s.online {
-                    s.synced = false;
-                }
-            }
             errln!(
-                "warning: revision {known} of the tiers, written by this installation, is on no online tier (the tiers holding it are offline); the online tiers take this write as revision {}, and `tiervault sync` joins the two once they are all back",
+                "warning: revision {known} of the tiers, written by this installation, is on no online tier (the tiers holding it are offline, or were replaced); this write is numbered {} so that they show as behind, and `tiervault sync` joins the copies once they are all back",
                 known + 1
             );
         }
@@ -840,7 +839,7 @@ impl TierSet {
                 let s = self.state(i);
                 (s.online, s.synced, s.revision, s.last_error.clone())
             };
-            if online && !synced && known <= online_top {
+            if online && !synced {
                 let at = match (revision, error) {
                     (Some(r), _) => format!("at revision {r} of {}", next - 1),
                     (None, e) => format!(
@@ -1208,7 +1207,9 @@ impl Tier for TierSet {
         for i in self.read_order() {
             match self.members[i].tier.list(prefix) {
                 Ok(objs) => {
-                    self.mark_online(i);
+                    if !self.mark_online(i) {
+                        continue;
+                    }
                     ok = true;
                     for o in objs {
                         seen.entry(o.key.clone()).or_insert(o);
