@@ -195,19 +195,20 @@ impl Settings {
                 // empty local directory may be an unmounted share: left out.
                 // A location that cannot hold objects (a bucket that does
                 // not exist) is not a new tier: left out, saying why.
-                Ok(None) if t.is_remote() && t.list("keys/").is_err_and(|e| !e.is_offline()) => {
-                    let e = t.list("keys/").unwrap_err();
-                    errln!("warning: {e}; carrying on without it");
-                    latency.pop();
-                }
-                Ok(None) if t.is_remote() => {
-                    errln!(
-                        "note: tier {} is empty; `tiervault sync` copies the repository there",
-                        t.name()
-                    );
-                    empty_remote += 1;
-                    tiers.push((t, spec.priority));
-                }
+                Ok(None) if t.is_remote() => match t.list("keys/") {
+                    Err(e) if !e.is_offline() => {
+                        errln!("warning: {e}; carrying on without it");
+                        latency.pop();
+                    }
+                    _ => {
+                        errln!(
+                            "note: tier {} is empty; `tiervault sync` copies the repository there",
+                            t.name()
+                        );
+                        empty_remote += 1;
+                        tiers.push((t, spec.priority));
+                    }
+                },
                 Ok(None) => {
                     latency.pop();
                     missing.push(t);

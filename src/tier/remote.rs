@@ -45,8 +45,8 @@ fn start_runtime() {
 const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 
 /// The time one attempt of a remote call may take, beyond the time its
-/// bytes need at `MIN_RATE` (or half the tier's bandwidth limit, if lower):
-/// an attempt past it counts as a temporary failure.
+/// bytes need at `MIN_UP_RATE` or `MIN_DOWN_RATE` (or half the tier's
+/// bandwidth limit, if lower): an attempt past it ran out of time.
 const ATTEMPT_LIMIT: Duration = Duration::from_secs(30);
 
 /// The slowest upload an attempt is allowed, in bytes per second: low
@@ -57,6 +57,10 @@ const MIN_UP_RATE: f64 = 16.0 * 1024.0;
 /// a restore), and lines are wider that way. A thinner line is declared
 /// with the tier's `bandwidth`.
 const MIN_DOWN_RATE: f64 = 256.0 * 1024.0;
+
+/// The most bytes a whole-object read of anything but a pack is timed
+/// for (index files are the largest).
+const SMALL_OBJECT: u64 = 4 << 20;
 
 /// An attempt that fails to connect after this long ran out of time
 /// (`ssh` gives up connecting after 10 s).
@@ -394,24 +398,18 @@ impl RemoteTier {
             let r = r.unwrap_or_else(|_| {
                 Err(opendal::Error::new(ErrorKind::Unexpected, "timed out").set_temporary())
             });
-            if stalled {
-                timeouts += 1;
-                if timeouts >= TIMEOUTS_OFFLINE || attempt >= self.retries {
-                    return Err(TierError::Offline {
-                        tier: self.name.clone(),
-                        reason: format!(
-                            "the server accepts connections but does not answer ({timeouts} attempt(s) in a row ran out of time)"
-                        ),
-                    });
-                }
-                attempt += 1;
-                self.reconnect();
-                continue;
+            timeouts = if stalled { timeouts + 1 } else { 0 };
+            if timeouts >= TIMEOUTS_OFFLINE {
+                return Err(TierError::Offline {
+                    tier: self.name.clone(),
+                    reason: format!(
+                        "the server accepts connections but does not answer ({timeouts} attempts in a row ran out of time)"
+                    ),
+                });
             }
-            timeouts = 0;
             match r {
                 Ok(v) => return Ok(v),
-                Err(e) if e.is_temporary() || is_connection(&e) => {
+                Err(e) if stalled || e.is_temporary() || is_connection(&e) => {
                     if attempt >= self.retries {
                         return Err(TierError::Offline {
                             tier: self.name.clone(),
@@ -465,11 +463,18 @@ impl Tier for RemoteTier {
         true
     }
     fn get(&self, key: &str) -> Result<Vec<u8>, TierError> {
-        // The object's size sets the time its transfer may take.
-        let size = self.stat(key)?.ok_or_else(|| TierError::NotFound {
-            tier: self.name.clone(),
-            key: key.to_string(),
-        })?;
+        // The size sets the time the transfer may take. Only a pack may be
+        // large, so only a pack costs a `stat` first; the other objects
+        // (config, keys, tierstate, index files, revisions), read at every
+        // start, are given the time of SMALL_OBJECT bytes.
+        let size = if key.starts_with("data/") {
+            self.stat(key)?.ok_or_else(|| TierError::NotFound {
+                tier: self.name.clone(),
+                key: key.to_string(),
+            })?
+        } else {
+            SMALL_OBJECT
+        };
         let b = self
             .call(key, self.down(size), || async { self.op().read(key).await })?
             .to_vec();
